@@ -1,0 +1,124 @@
+"""Shared pytest fixtures: server processes for the compat/crash/cluster suites.
+
+Why two kinds of member fixtures: starting a server costs about a second (more for
+etcdpy on a busy machine), so read-mostly tests share one session member and isolate
+themselves by key prefix (`prefix`); tests that depend on the global revision history
+(compaction, from-key scans, exact revision numbers, server flags) get a fresh member.
+
+On failure, the log tails of every member the test used are attached to the report.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import Cluster, GrpcClient, Member, pb_available, target  # noqa: E402
+
+_MEMBERS_KEY = pytest.StashKey[list[Member]]()
+
+
+def _track(request: pytest.FixtureRequest, *members: Member) -> None:
+    """Remember which members a test used, so their logs show up if it fails."""
+    node = request.node
+    node.stash.setdefault(_MEMBERS_KEY, []).extend(members)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for m in item.stash.get(_MEMBERS_KEY, []):
+            report.sections.append((f"{target()} member {m.name} ({m.endpoint}) logs", m.log_tail(80)))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"etcdpy test target: {target()}"
+
+
+@pytest.fixture(scope="session")
+def test_target() -> str:
+    """"etcd" or "etcdpy"."""
+    return target()
+
+
+@pytest.fixture(scope="session")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One single-member cluster for the whole session (read-mostly tests)."""
+    cluster = Cluster(tmp_path_factory.mktemp("shared"), size=1)
+    cluster.start()
+    yield cluster
+    cluster.release()
+
+
+@pytest.fixture
+def member(shared_cluster: Cluster, request: pytest.FixtureRequest) -> Member:
+    """The shared member; restarted (same data) if an earlier test left it dead.
+
+    Tests using it must only touch keys under their `prefix` and must not assume
+    absolute revision numbers (other tests have written before them).
+    """
+    m = shared_cluster.members[0]
+    if not m.running():
+        m.start()
+    _track(request, m)
+    return m
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    """A unique key prefix for this test, so tests on the shared member never collide."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:40]
+    return f"/t/{name}/{uuid.uuid4().hex[:8]}/"
+
+
+@pytest.fixture
+def make_cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Callable[..., Cluster]]:
+    """Factory for fresh clusters with custom size/flags; all are torn down after the test."""
+    made: list[Cluster] = []
+
+    def make(size: int = 1, extra_args: tuple[str, ...] | list[str] = ()) -> Cluster:
+        cluster = Cluster(tmp_path_factory.mktemp("cluster"), size=size, extra_args=extra_args)
+        made.append(cluster)
+        try:
+            cluster.start()
+        finally:
+            _track(request, *cluster.members)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.release()
+
+
+@pytest.fixture
+def fresh_member(make_cluster: Callable[..., Cluster]) -> Member:
+    """A brand-new single member: revision 1, empty keyspace, nothing compacted."""
+    return make_cluster(1).members[0]
+
+
+def _grpc_or_skip(m: Member) -> GrpcClient:
+    if not pb_available():
+        pytest.skip("etcdpy.pb.rpc_pb2_grpc not generated yet")
+    return m.grpc()
+
+
+@pytest.fixture
+def client(member: Member) -> GrpcClient:
+    """gRPC client for the shared member."""
+    return _grpc_or_skip(member)
+
+
+@pytest.fixture
+def fresh_client(fresh_member: Member) -> GrpcClient:
+    """gRPC client for a fresh member."""
+    return _grpc_or_skip(fresh_member)
