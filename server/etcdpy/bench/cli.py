@@ -1,0 +1,203 @@
+"""Command line of `etcdpy bench` / `python -m etcdpy.bench`.
+
+Targets run one after the other with the identical load shape; each started target
+gets fresh data directories and is stopped before the next one starts, so the two
+servers never compete for the same two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from etcdpy.bench.report import Report, filesystem_of, machine_info
+from etcdpy.bench.runner import BenchError, RunConfig, preload, preload_prefix, run_workload
+from etcdpy.bench.targets import (
+    DEFAULT_ETCD_BIN,
+    LocalCluster,
+    Target,
+    TargetError,
+    etcd_binary_version,
+    parse_endpoint,
+    server_version,
+    wait_ready,
+)
+from etcdpy.bench.workloads import PRELOADED, WORKLOADS
+
+KNOWN_TARGETS = ("etcd", "etcdpy")
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags; defaults match the anchor measurement in the project's reference notes."""
+    p = argparse.ArgumentParser(
+        prog="etcdpy bench",
+        description="Compare etcdpy with etcd under the same load; reports ratios etcdpy / etcd.",
+        epilog="workloads: " + "; ".join(f"{k}: {v}" for k, v in WORKLOADS.items()),
+    )
+    p.add_argument("--targets", type=_csv, default=["etcd", "etcdpy"], help="targets to start (etcd,etcdpy)")
+    p.add_argument(
+        "--endpoints",
+        action="append",
+        default=[],
+        metavar="[NAME=]HOST:PORT[,HOST:PORT...]",
+        help="benchmark already-running servers instead of starting any (repeatable, one per target; "
+        "NAME defaults to 'external')",
+    )
+    p.add_argument("--workloads", type=_csv, default=list(WORKLOADS), help="comma-separated, see below")
+    p.add_argument("--members", type=int, choices=(1, 3, 5), default=1, help="cluster size for started targets")
+    p.add_argument("--clients", type=int, default=2, help="client processes")
+    p.add_argument("--concurrency", type=int, default=64, help="requests in flight per client process")
+    p.add_argument("--serial", action="store_true", help="1 client, 1 request in flight: single-client latency")
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per workload")
+    p.add_argument("--requests", type=int, default=None, help="measure this many requests instead of a duration")
+    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each measurement")
+    p.add_argument("--keyspace", type=int, default=10_000, help="number of distinct keys")
+    p.add_argument("--value-size", type=int, default=256, help="bytes per value")
+    p.add_argument("--timeout", type=float, default=10.0, help="per-request deadline in seconds")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--etcd-bin", default=DEFAULT_ETCD_BIN)
+    p.add_argument("--data-root", default=None, help="where temp data dirs go (default: system temp dir)")
+    p.add_argument("--keep-data", action="store_true", help="keep data dirs and logs of started targets")
+    p.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
+    p.add_argument("--output", default=None, help="also write the report to this file")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse and validate; errors exit with argparse's usage message."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    unknown = [w for w in args.workloads if w not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workload(s) {unknown}; known: {', '.join(WORKLOADS)}")
+    if not args.endpoints:
+        bad = [t for t in args.targets if t not in KNOWN_TARGETS]
+        if bad:
+            parser.error(f"unknown target(s) {bad}; known: {', '.join(KNOWN_TARGETS)}")
+    if args.serial:
+        args.clients, args.concurrency = 1, 1
+    if min(args.clients, args.concurrency, args.keyspace) < 1 or args.value_size < 0:
+        parser.error("--clients, --concurrency and --keyspace must be >= 1, --value-size >= 0")
+    if args.requests is not None and args.requests < 1:
+        parser.error("--requests must be >= 1")
+    if args.requests is None and args.duration <= 0:
+        parser.error("--duration must be > 0")
+    return args
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(
+        clients=args.clients,
+        concurrency=args.concurrency,
+        duration_s=args.duration,
+        requests=args.requests,
+        warmup_s=max(0.0, args.warmup),
+        keyspace=args.keyspace,
+        value_size=args.value_size,
+        timeout_s=args.timeout,
+        seed=args.seed,
+    )
+
+
+def external_targets(specs: list[str]) -> list[Target]:
+    """Parse repeated --endpoints values into targets."""
+    targets = []
+    for spec in specs:
+        name, sep, rest = spec.partition("=")
+        if not sep:
+            name, rest = "external" if len(specs) == 1 else f"external{len(targets) + 1}", spec
+        targets.append(Target(name=name, endpoints=[parse_endpoint(e) for e in _csv(rest)]))
+    return targets
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the bench; exit status 1 if any target or workload could not be measured."""
+    args = parse_args(argv)
+    log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    cfg = run_config(args)
+    report = Report(machine=machine_info(etcd_binary_version(args.etcd_bin)), settings=_settings(args, cfg))
+    if args.endpoints:
+        for target in external_targets(args.endpoints):
+            _bench_target(target, args, cfg, report, log)
+    else:
+        for kind in args.targets:
+            cluster = LocalCluster(kind, args.members, args.etcd_bin, args.data_root, args.keep_data)
+            target = Target(name=kind, endpoints=[], cluster=cluster)
+            try:
+                log(f"{kind}: starting {args.members} member(s)")
+                cluster.start()
+                target.endpoints = cluster.endpoints
+                _bench_target(target, args, cfg, report, log)
+            except (OSError, TargetError) as exc:
+                report.failures[kind] = str(exc)
+                log(f"{kind}: FAILED: {exc}")
+            finally:
+                cluster.stop()
+                if args.keep_data and cluster.root is not None:
+                    log(f"{kind}: data and logs kept in {cluster.root}")
+    report.machine["load_avg_end"] = list(os.getloadavg())
+    _emit(report, args)
+    return 1 if report.failures else 0
+
+
+def _bench_target(target: Target, args: argparse.Namespace, cfg: RunConfig, report: Report, log) -> None:
+    """Wait for the target, then run every workload; a failing workload does not stop the rest."""
+    wait_ready(target)
+    target.version = server_version(target.endpoints[0])
+    report.targets[target.name] = {
+        "endpoints": target.endpoints,
+        "version": target.version,
+        "started": target.cluster is not None,
+        "data_fs": filesystem_of(args.data_root or tempfile.gettempdir()) if target.cluster else "",
+    }
+    loaded: set[bytes] = set()
+    for workload in args.workloads:
+        try:
+            prefix = preload_prefix(workload)
+            if workload in PRELOADED and prefix not in loaded:
+                log(f"  {target.name}: preloading {cfg.keyspace} keys")
+                preload(target, prefix, cfg)
+                loaded.add(prefix)
+            summary = run_workload(target, workload, cfg, log)
+        except (BenchError, TargetError) as exc:
+            report.failures[f"{target.name}/{workload}"] = str(exc)
+            log(f"  {target.name} {workload}: FAILED: {exc}")
+            continue
+        except Exception as exc:  # noqa: BLE001 - e.g. a gRPC error during preload
+            report.failures[f"{target.name}/{workload}"] = f"{type(exc).__name__}: {exc}"
+            log(f"  {target.name} {workload}: FAILED: {type(exc).__name__}: {exc}")
+            continue
+        report.results.append(summary)
+        log(
+            f"  {target.name} {workload}: {summary.ops_per_s:,.0f} ops/s, "
+            f"p50 {summary.p50_ms:.2f} ms, p99 {summary.p99_ms:.2f} ms, {summary.errors} errors"
+        )
+
+
+def _settings(args: argparse.Namespace, cfg: RunConfig) -> dict[str, object]:
+    out: dict[str, object] = asdict(cfg)
+    out.update(
+        workloads=args.workloads,
+        members=args.members,
+        serial=args.serial,
+        targets=[t.name for t in external_targets(args.endpoints)] if args.endpoints else args.targets,
+        etcd_bin=args.etcd_bin,
+    )
+    return out
+
+
+def _emit(report: Report, args: argparse.Namespace) -> None:
+    text = report.to_json() if args.json else report.to_markdown()
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+    if args.output:
+        Path(args.output).write_text(text)

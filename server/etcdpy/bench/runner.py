@@ -1,0 +1,198 @@
+"""Running one workload against one target with several client processes.
+
+The parent only coordinates: it spawns the clients, waits until each has connected,
+releases them together, and merges what they report. It sends no load itself, so the
+parent's own work never competes with the clients inside a measurement.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
+
+from etcdpy.bench.client import WorkerResult, WorkerSpec, worker_main
+from etcdpy.bench.stats import Summary, summarize
+from etcdpy.bench.targets import Target
+from etcdpy.bench.workloads import KEY_PREFIX, key_for
+
+SPAWN_TIMEOUT_S = 60.0
+"""Spawning a client means a fresh interpreter importing grpc: seconds on a busy box."""
+PRELOAD_BATCH_BYTES = 1_000_000
+"""Keep a preload Txn well under etcd's 1.5 MiB request limit."""
+PRELOAD_MAX_OPS = 100
+"""...and under its 128 operations per Txn."""
+
+
+class BenchError(RuntimeError):
+    """A run could not produce a measurement (client crashed, never connected...)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The load shape, identical for every target in one bench invocation."""
+
+    clients: int = 2
+    concurrency: int = 64
+    duration_s: float | None = 10.0
+    requests: int | None = None
+    warmup_s: float = 1.0
+    keyspace: int = 10_000
+    value_size: int = 256
+    timeout_s: float = 10.0
+    seed: int = 1
+
+
+Log = Callable[[str], None]
+
+
+def run_workload(target: Target, workload: str, cfg: RunConfig, log: Log) -> Summary:
+    """Measure `workload` against `target` and summarize the merged client results."""
+    ctx = multiprocessing.get_context("spawn")
+    ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    procs = [
+        ctx.Process(target=worker_main, args=(spec, ready, go, results), daemon=True)
+        for spec in _specs(target, workload, cfg)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        _await_ready(ready, len(procs))
+        load = os.getloadavg()
+        go.set()
+        log(f"  {target.name} {workload}: running ({_shape(cfg)})")
+        collected = _collect(results, len(procs), cfg)
+    finally:
+        _reap(procs)
+    return _merge(target.name, workload, collected, load)
+
+
+def _specs(target: Target, workload: str, cfg: RunConfig) -> list[WorkerSpec]:
+    """One spec per client process; a request budget is split as evenly as it goes."""
+    specs = []
+    for i in range(cfg.clients):
+        share = None
+        if cfg.requests is not None:
+            share = cfg.requests // cfg.clients + (1 if i < cfg.requests % cfg.clients else 0)
+        specs.append(
+            WorkerSpec(
+                index=i,
+                clients=cfg.clients,
+                endpoints=tuple(target.endpoints),
+                workload=workload,
+                concurrency=cfg.concurrency,
+                warmup_s=cfg.warmup_s,
+                duration_s=None if cfg.requests is not None else cfg.duration_s,
+                requests=share,
+                keyspace=cfg.keyspace,
+                value_size=cfg.value_size,
+                timeout_s=cfg.timeout_s,
+                seed=cfg.seed * 7919 + i,
+            )
+        )
+    return specs
+
+
+def _await_ready(ready: multiprocessing.Queue, count: int) -> None:
+    """Wait for every client to connect, so no client measures while others start."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + SPAWN_TIMEOUT_S
+    while len(seen) < count:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise BenchError(f"only {len(seen)}/{count} clients connected in {SPAWN_TIMEOUT_S:.0f}s")
+        try:
+            seen.add(ready.get(timeout=left))
+        except queue.Empty:
+            continue
+
+
+def _collect(results: multiprocessing.Queue, count: int, cfg: RunConfig) -> list[WorkerResult]:
+    """Read every client's result (before joining: a full pipe would block its exit)."""
+    if cfg.requests is not None:
+        budget = SPAWN_TIMEOUT_S + cfg.warmup_s + cfg.requests * cfg.timeout_s
+    else:
+        budget = SPAWN_TIMEOUT_S + cfg.warmup_s + (cfg.duration_s or 0) + cfg.timeout_s
+    deadline = time.monotonic() + budget
+    out: list[WorkerResult] = []
+    while len(out) < count:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise BenchError(f"only {len(out)}/{count} clients reported in {budget:.0f}s")
+        try:
+            out.append(results.get(timeout=left))
+        except queue.Empty:
+            continue
+    failed = [r.failure for r in out if r.failure]
+    if failed:
+        raise BenchError("client failed: " + "; ".join(failed))
+    return out
+
+
+def _reap(procs: list[multiprocessing.process.BaseProcess]) -> None:
+    """Join our client processes; terminate any that hang (only ours, by handle)."""
+    for proc in procs:
+        proc.join(timeout=10.0)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout=5.0)
+
+
+def _merge(target: str, workload: str, results: list[WorkerResult], load: tuple[float, float, float]) -> Summary:
+    """Combine per-client results; the window is the slowest client's, to be conservative."""
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    sample = ""
+    for r in results:
+        latencies.extend(r.latencies)
+        errors.update(r.errors)
+        sample = sample or r.error_sample
+    elapsed = max((r.elapsed_s for r in results), default=0.0)
+    return summarize(
+        workload,
+        target,
+        latencies,
+        elapsed,
+        errors,
+        conflicts=sum(r.conflicts for r in results),
+        error_sample=sample,
+        load_avg=load,
+    )
+
+
+def _shape(cfg: RunConfig) -> str:
+    """A short description of the load for progress lines."""
+    amount = f"{cfg.requests} requests" if cfg.requests is not None else f"{cfg.duration_s:g}s"
+    return f"{cfg.clients} clients x {cfg.concurrency} in flight, {amount} after {cfg.warmup_s:g}s warm-up"
+
+
+def preload(target: Target, prefix: bytes, cfg: RunConfig) -> None:
+    """Write every key of the keyspace once, in batched Txns, so reads always hit.
+
+    Batched because the preload is set-up, not measurement: one Txn per ~100 keys keeps
+    it to a second or so even on a slow target.
+    """
+    import grpc
+
+    from etcdpy.pb import rpc_pb2, rpc_pb2_grpc
+
+    value = random.Random(cfg.seed).randbytes(cfg.value_size)
+    batch = max(1, min(PRELOAD_MAX_OPS, PRELOAD_BATCH_BYTES // (cfg.value_size + 64)))
+    with grpc.insecure_channel(target.endpoints[0]) as channel:
+        stub = rpc_pb2_grpc.KVStub(channel)
+        for start in range(0, cfg.keyspace, batch):
+            puts = [
+                rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=key_for(prefix, i), value=value))
+                for i in range(start, min(start + batch, cfg.keyspace))
+            ]
+            stub.Txn(rpc_pb2.TxnRequest(success=puts), timeout=max(cfg.timeout_s, 30.0))
+
+
+def preload_prefix(workload: str) -> bytes:
+    """The key prefix a workload reads, i.e. what its preload must write."""
+    return KEY_PREFIX[workload]
