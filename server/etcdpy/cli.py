@@ -1,0 +1,215 @@
+"""The `etcdpy` command: etcd's server flags (each with its ETCD_* environment twin) and subcommands.
+
+`etcdpy [flags]` runs a member, like `etcd`. `etcdpy bench ...` runs the
+benchmark. A bad flag, a port in use or an unusable data dir ends the process
+with one clear line on stderr and a non-zero exit, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from etcdpy import ETCD_VERSION, __version__
+from etcdpy.config import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_SNAPSHOT_COUNT, ServerConfig, url_host_port
+from etcdpy.log import LEVELS, setup_logging
+
+
+def _urls(value: str) -> list[str]:
+    urls = [u.strip() for u in value.split(",") if u.strip()]
+    if not urls:
+        raise argparse.ArgumentTypeError("expected at least one URL")
+    for u in urls:
+        try:
+            url_host_port(u, 0)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return urls
+
+
+def _non_negative_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
+    return n
+
+
+def _positive_int(value: str) -> int:
+    n = _non_negative_int(value)
+    if n == 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return n
+
+
+def _log_level(value: str) -> str:
+    if value not in LEVELS:
+        raise argparse.ArgumentTypeError(f"unknown level {value!r} (want one of {', '.join(LEVELS)})")
+    return value
+
+
+def _cluster_state(value: str) -> str:
+    if value not in ("new", "existing"):
+        raise argparse.ArgumentTypeError(f"invalid value {value!r} (want 'new' or 'existing')")
+    return value
+
+
+# flag name, type, default, help — defaults are etcd's.
+FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
+    ("name", str, "default", "human-readable name for this member"),
+    ("data-dir", str, None, "path to the data directory (default: ${name}.etcd)"),
+    ("listen-client-urls", _urls, ["http://localhost:2379"], "URLs to listen on for client traffic"),
+    ("advertise-client-urls", _urls, ["http://localhost:2379"], "client URLs advertised to the cluster"),
+    ("listen-peer-urls", _urls, ["http://localhost:2380"], "URLs to listen on for peer traffic"),
+    ("initial-advertise-peer-urls", _urls, ["http://localhost:2380"], "peer URLs advertised to the cluster"),
+    ("initial-cluster", str, None, "initial cluster configuration for bootstrapping (name=url,...)"),
+    ("initial-cluster-state", _cluster_state, "new", "'new' or 'existing'"),
+    ("initial-cluster-token", str, "etcd-cluster", "initial cluster token for the bootstrap"),
+    ("snapshot-count", _positive_int, DEFAULT_SNAPSHOT_COUNT, "committed transactions that trigger a snapshot"),
+    ("quota-backend-bytes", _non_negative_int, 0, "raise an alarm when the backend exceeds this size (0 = 2 GiB)"),
+    ("max-request-bytes", _positive_int, DEFAULT_MAX_REQUEST_BYTES, "maximum client request size in bytes"),
+    ("max-txn-ops", _positive_int, 128, "maximum number of operations permitted in a transaction"),
+    ("heartbeat-interval", _positive_int, 100, "time (in milliseconds) of a heartbeat interval"),
+    ("election-timeout", _positive_int, 1000, "time (in milliseconds) for an election to timeout"),
+    ("log-level", _log_level, "info", "debug, info, warn, error, panic or fatal"),
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"etcdpy: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="etcdpy", description="An etcd-compatible key-value server.", allow_abbrev=False)
+    for name, typ, default, help_ in FLAGS:
+        p.add_argument(f"--{name}", type=typ, default=None, help=f"{help_} [${env_name(name)}]")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    return p
+
+
+def env_name(flag: str) -> str:
+    return "ETCD_" + flag.upper().replace("-", "_")
+
+
+def resolve(ns: argparse.Namespace, environ: dict[str, str], parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Flag, else ETCD_* environment variable, else etcd's default; env values are validated like flags."""
+    out: dict[str, Any] = {}
+    for name, typ, default, _ in FLAGS:
+        attr = name.replace("-", "_")
+        value = getattr(ns, attr)
+        if value is None and env_name(name) in environ:
+            try:
+                value = typ(environ[env_name(name)])
+            except argparse.ArgumentTypeError as e:
+                parser.error(f"invalid value for {env_name(name)}: {e}")
+        out[attr] = default if value is None else value
+    return out
+
+
+def config_from_args(argv: list[str], environ: dict[str, str] | None = None) -> ServerConfig:
+    from etcdpy.server.membership import parse_initial_cluster
+
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.version:
+        print(f"etcdpy Version: {__version__}\netcd API Version: {ETCD_VERSION}")
+        raise SystemExit(0)
+    v = resolve(ns, dict(os.environ) if environ is None else environ, parser)
+    if v["initial_cluster"]:
+        try:
+            initial = parse_initial_cluster(v["initial_cluster"])
+            for urls in initial.values():
+                _urls(",".join(urls))
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            parser.error(f"invalid --initial-cluster: {e}")
+    else:
+        # etcd derives the one-member cluster from the name and advertised peer URLs.
+        initial = {v["name"]: list(v["initial_advertise_peer_urls"])}
+    if v["election_timeout"] < 5 * v["heartbeat_interval"]:
+        parser.error("--election-timeout should be at least 5 times --heartbeat-interval")
+    return ServerConfig(
+        name=v["name"],
+        data_dir=v["data_dir"] or "",
+        listen_client_urls=v["listen_client_urls"],
+        advertise_client_urls=v["advertise_client_urls"],
+        listen_peer_urls=v["listen_peer_urls"],
+        initial_advertise_peer_urls=v["initial_advertise_peer_urls"],
+        initial_cluster=initial,
+        initial_cluster_state=v["initial_cluster_state"],
+        initial_cluster_token=v["initial_cluster_token"],
+        snapshot_count=v["snapshot_count"],
+        quota_backend_bytes=v["quota_backend_bytes"],
+        max_request_bytes=v["max_request_bytes"],
+        max_txn_ops=v["max_txn_ops"],
+        heartbeat_ms=v["heartbeat_interval"],
+        election_ms=v["election_timeout"],
+        log_level=v["log_level"],
+    )
+
+
+async def serve(cfg: ServerConfig, log: logging.Logger) -> int:
+    """Bind the listeners, start the member, serve until SIGTERM/SIGINT, then stop gracefully."""
+    from etcdpy.api.grpcserver import ListenError, build_grpc_server
+    from etcdpy.server.etcdserver import EtcdServer, StartupError
+
+    server = EtcdServer(cfg, log)
+    try:
+        grpc_server = build_grpc_server(server)
+    except (ListenError, ValueError) as e:
+        sys.stderr.write(f"etcdpy: {e}\n")
+        return 1
+    try:
+        await server.start()
+    except StartupError as e:
+        sys.stderr.write(f"etcdpy: {e}\n")
+        await grpc_server.stop(None)
+        return 1
+    await grpc_server.start()
+    log.info(
+        "serving client traffic insecurely",
+        extra={"fields": {"address": ",".join(cfg.listen_client_urls), "name": cfg.name}},
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    stop_task = asyncio.create_task(stop.wait())
+    done_task = asyncio.create_task(server.done.wait())
+    await asyncio.wait([stop_task, done_task], return_when=asyncio.FIRST_COMPLETED)
+    log.info("received signal; shutting down", extra={"fields": {"name": cfg.name}})
+    await grpc_server.stop(grace=2.0)
+    await server.stop()
+    for t in (stop_task, done_task):
+        t.cancel()
+    log.info("stopped serving", extra={"fields": {"name": cfg.name}})
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "bench":
+        from etcdpy.bench import main as bench_main
+
+        return bench_main(argv[1:])
+    cfg = config_from_args(argv)
+    log = setup_logging(cfg.log_level)
+    log.info("starting etcdpy", extra={"fields": {"etcdpy-version": __version__, "etcd-api-version": ETCD_VERSION,
+                                                  "name": cfg.name, "data-dir": cfg.data_dir}})
+    try:
+        return asyncio.run(serve(cfg, log))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

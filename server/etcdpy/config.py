@@ -1,0 +1,78 @@
+"""Server configuration: etcd's flags as one typed value, built by the CLI and read by the server."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024
+DEFAULT_QUOTA_BACKEND_BYTES = 2 * 1024 * 1024 * 1024
+MAX_GAP_BETWEEN_APPLY_AND_COMMIT = 5000
+DEFAULT_SNAPSHOT_COUNT = 100_000
+SNAPSHOT_CATCHUP_ENTRIES = 5000
+MAX_TXN_OPS = 128
+
+
+@dataclass
+class ServerConfig:
+    name: str = "default"
+    data_dir: str = ""
+    listen_client_urls: list[str] = field(default_factory=lambda: ["http://localhost:2379"])
+    advertise_client_urls: list[str] = field(default_factory=lambda: ["http://localhost:2379"])
+    listen_peer_urls: list[str] = field(default_factory=lambda: ["http://localhost:2380"])
+    initial_advertise_peer_urls: list[str] = field(default_factory=lambda: ["http://localhost:2380"])
+    initial_cluster: dict[str, list[str]] = field(default_factory=dict)
+    initial_cluster_state: str = "new"
+    initial_cluster_token: str = "etcd-cluster"
+    snapshot_count: int = DEFAULT_SNAPSHOT_COUNT
+    snapshot_catchup_entries: int = SNAPSHOT_CATCHUP_ENTRIES
+    quota_backend_bytes: int = 0
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_txn_ops: int = MAX_TXN_OPS
+    heartbeat_ms: int = 100
+    election_ms: int = 1000
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not self.data_dir:
+            self.data_dir = f"{self.name}.etcd"
+
+    @property
+    def member_dir(self) -> str:
+        return os.path.join(self.data_dir, "member")
+
+    @property
+    def wal_dir(self) -> str:
+        return os.path.join(self.member_dir, "wal")
+
+    @property
+    def snap_dir(self) -> str:
+        return os.path.join(self.member_dir, "snap")
+
+    @property
+    def backend_path(self) -> str:
+        return os.path.join(self.snap_dir, "db")
+
+    @property
+    def election_ticks(self) -> int:
+        return max(1, self.election_ms // self.heartbeat_ms)
+
+    @property
+    def request_timeout(self) -> float:
+        """etcd's ReqTimeout: 5 s plus two election timeouts."""
+        return 5.0 + 2 * self.election_ms / 1000.0
+
+    @property
+    def effective_quota(self) -> int:
+        return self.quota_backend_bytes if self.quota_backend_bytes > 0 else DEFAULT_QUOTA_BACKEND_BYTES
+
+
+def url_host_port(url: str, default_port: int) -> tuple[str, int, str]:
+    """Split a listen URL into (host, port, scheme); etcd accepts http(s) and unix-less TCP URLs only."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"URL scheme must be http or https: {url}")
+    if not parts.hostname:
+        raise ValueError(f"URL has no host: {url}")
+    return parts.hostname, parts.port or default_port, parts.scheme
