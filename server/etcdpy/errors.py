@@ -43,6 +43,7 @@ ErrAuthFailed = _error(
     "ErrAuthFailed", "INVALID_ARGUMENT", "etcdserver: authentication failed, invalid user ID or password"
 )
 ErrInvalidAuthMgmt = _error("ErrInvalidAuthMgmt", "INVALID_ARGUMENT", "etcdserver: invalid auth management")
+ErrInvalidSortOption = _error("ErrInvalidSortOption", "INVALID_ARGUMENT", "etcdserver: invalid sort option")
 
 # OutOfRange
 ErrCompacted = _error("ErrCompacted", "OUT_OF_RANGE", "etcdserver: mvcc: required revision has been compacted")
