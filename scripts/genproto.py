@@ -50,6 +50,9 @@ def relative_sources() -> list[str]:
 def generate() -> None:
     """Write *_pb2.py, *_pb2.pyi and *_pb2_grpc.py next to each .proto."""
     out = str(SERVER_DIR)
+    # Start from a clean slate so a deleted or renamed .proto leaves no orphaned module behind.
+    for old in [*PB_DIR.glob("*_pb2.py"), *PB_DIR.glob("*_pb2.pyi"), *PB_DIR.glob("*_pb2_grpc.py")]:
+        old.unlink()
     run_protoc([f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}", *relative_sources()])
     # Files without services still get an (empty) *_pb2_grpc.py; drop those to keep the tree small.
     for grpc_file in PB_DIR.glob("*_pb2_grpc.py"):

@@ -65,8 +65,18 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, descriptor_p
     sources = _proto_sources()
     assert sources, f"no .proto files under {PB_DIR}"
     out = tmp_path_factory.mktemp("pb") / "descriptors.pb"
+    import grpc_tools
+
+    well_known = Path(grpc_tools.__file__).resolve().parent / "_proto"  # same includes as genproto.py
     rc = protoc.main(
-        ["grpc_tools.protoc", f"-I{SERVER_DIR}", f"--descriptor_set_out={out}", "--include_imports", *sources]
+        [
+            "grpc_tools.protoc",
+            f"-I{SERVER_DIR}",
+            f"-I{well_known}",
+            f"--descriptor_set_out={out}",
+            "--include_imports",
+            *sources,
+        ]
     )
     assert rc == 0, "protoc failed to compile the .proto sources"
     fds = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
@@ -106,3 +116,14 @@ def test_grpc_module_covers_every_method(
     expected = {f"/{fdp.package}.{svc.name}/{m.name}" for svc in fdp.service for m in svc.method}
     present = set(re.findall(r"'(/[\w.]+/\w+)'", text))
     assert present == expected, f"{grpc_file.name}: {REGEN_HINT}"
+
+
+@pytest.mark.parametrize("proto_path", _proto_sources())
+def test_type_stubs_name_every_message(
+    proto_path: str, compiled: dict[str, descriptor_pb2.FileDescriptorProto]
+) -> None:
+    """The .pyi files are for editors and type checkers; a stale one misleads them quietly."""
+    fdp = compiled[proto_path]
+    text = (PB_DIR / (Path(proto_path).stem + "_pb2.pyi")).read_text()
+    declared = set(re.findall(r"^class (\w+)\(_message\.Message\)", text, re.MULTILINE))
+    assert declared == {m.name for m in fdp.message_type}, f"{proto_path}: {REGEN_HINT}"
