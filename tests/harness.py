@@ -394,6 +394,20 @@ def assert_pb_header(header: Any, revision: int) -> None:
     assert header.revision == revision, header
 
 
+def txn_stdin(compares: Sequence[str], success: Sequence[str], failure: Sequence[str]) -> str:
+    """etcdctl txn's interactive input: three blank-line-terminated sections.
+
+    etcdctl reads compares, then success ops, then failure ops, each section ended by
+    an empty line; a missing terminator makes it fail with "Error: EOF".
+    """
+    return "".join(f"{line}\n" for section in (compares, success, failure) for line in (*section, ""))
+
+
+def current_revision(member: "Member") -> int:
+    """The store's current revision, read through etcdctl (a Range on an unused key)."""
+    return int(member.etcdctl("get", "/__etcdpy_test_revision_probe__")["header"]["revision"])
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     """Poll ``predicate`` until truthy or the deadline passes (the only sanctioned 'sleep')."""
     deadline = time.monotonic() + timeout
