@@ -136,3 +136,93 @@ class ReadState:
 
     index: int = 0
     request_ctx: bytes = b""
+
+
+# ---------------------------------------------------------------------------
+# Encodings the raft package itself needs.
+#
+# A ConfChange travels inside an Entry's data, so the raft package (which must
+# not import etcdpy.pb) has to marshal it. We use the protobuf wire encoding of
+# etcd's raftpb.ConfChange (ID=1, Type=2, NodeID=3, Context=4) so the bytes in
+# the WAL are the same as etcd's.
+# ---------------------------------------------------------------------------
+
+
+def _put_uvarint(out: bytearray, v: int) -> None:
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+
+
+def _get_uvarint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        if pos >= len(buf):
+            raise ValueError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint overflow")
+
+
+def marshal_conf_change(cc: ConfChange) -> bytes:
+    """Encode `cc` like gogoproto encodes raftpb.ConfChange (all fields present)."""
+    out = bytearray()
+    out.append(0x08)
+    _put_uvarint(out, cc.id)
+    out.append(0x10)
+    _put_uvarint(out, int(cc.type))
+    out.append(0x18)
+    _put_uvarint(out, cc.node_id)
+    if cc.context:
+        out.append(0x22)
+        _put_uvarint(out, len(cc.context))
+        out += cc.context
+    return bytes(out)
+
+
+def unmarshal_conf_change(data: bytes) -> ConfChange:
+    """Decode bytes produced by `marshal_conf_change` (or by etcd)."""
+    cc = ConfChange()
+    pos = 0
+    n = len(data)
+    while pos < n:
+        key, pos = _get_uvarint(data, pos)
+        fieldno, wt = key >> 3, key & 7
+        if wt == 0:
+            v, pos = _get_uvarint(data, pos)
+            if fieldno == 1:
+                cc.id = v
+            elif fieldno == 2:
+                cc.type = ConfChangeType(v)
+            elif fieldno == 3:
+                cc.node_id = v
+        elif wt == 2:
+            ln, pos = _get_uvarint(data, pos)
+            if pos + ln > n:
+                raise ValueError("truncated bytes field")
+            if fieldno == 4:
+                cc.context = bytes(data[pos : pos + ln])
+            pos += ln
+        else:
+            raise ValueError(f"unsupported wire type {wt}")
+    return cc
+
+
+ENTRY_OVERHEAD = 16
+"""Approximate per-entry framing bytes counted against size limits (term, index, type)."""
+
+
+def entry_size(e: Entry) -> int:
+    """Size of an entry for max_size_per_msg style limits (payload plus framing)."""
+    return len(e.data) + ENTRY_OVERHEAD
+
+
+def is_empty_snap(s: Snapshot | None) -> bool:
+    return s is None or s.metadata.index == 0

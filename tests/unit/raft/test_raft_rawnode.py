@@ -1,0 +1,223 @@
+"""RawNode tests for a single-voter cluster (etcd-io/raft rawnode_test.go style)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from etcdpy.raft import (
+    Config,
+    ConfChange,
+    ConfChangeType,
+    EntryType,
+    ErrStepLocalMsg,
+    MemoryStorage,
+    Message,
+    MessageType,
+    Peer,
+    ProposalDropped,
+    RawNode,
+    Ready,
+    StateType,
+    unmarshal_conf_change,
+)
+
+
+def new_node(id_: int = 1, storage: MemoryStorage | None = None, **kw) -> tuple[RawNode, MemoryStorage]:
+    st = storage or MemoryStorage()
+    cfg = Config(id=id_, storage=st, rand=random.Random(id_), **kw)
+    return RawNode(cfg), st
+
+
+def persist_and_apply(node: RawNode, st: MemoryStorage, applied: list) -> Ready:
+    """The server's Ready handling: persist, (send), apply, advance."""
+    rd = node.ready()
+    if rd.snapshot is not None:
+        st.apply_snapshot(rd.snapshot)
+    if rd.hard_state is not None:
+        st.set_hard_state(rd.hard_state)
+    st.append(rd.entries)
+    for e in rd.committed_entries:
+        if e.type == EntryType.CONF_CHANGE:
+            node.apply_conf_change(unmarshal_conf_change(e.data))
+        applied.append(e)
+    node.advance(rd)
+    return rd
+
+
+def drain(node: RawNode, st: MemoryStorage, applied: list) -> list[Ready]:
+    out = []
+    while node.has_ready():
+        out.append(persist_and_apply(node, st, applied))
+    return out
+
+
+def test_bootstrap_first_ready_has_conf_entries():
+    node, st = new_node()
+    node.bootstrap([Peer(1, b"ctx")])
+    assert node.has_ready()
+    rd = node.ready()
+    assert [(e.index, e.term, e.type) for e in rd.entries] == [(1, 1, EntryType.CONF_CHANGE)]
+    assert rd.committed_entries == rd.entries
+    assert rd.hard_state is not None and rd.hard_state.term == 1 and rd.hard_state.commit == 1
+    assert rd.must_sync
+    cc = unmarshal_conf_change(rd.committed_entries[0].data)
+    assert cc.type == ConfChangeType.ADD_NODE and cc.node_id == 1 and cc.context == b"ctx"
+
+
+def test_bootstrap_nonempty_storage_refused():
+    node, st = new_node()
+    node.bootstrap([Peer(1)])
+    applied: list = []
+    drain(node, st, applied)
+    node2, _ = new_node(storage=st)
+    with pytest.raises(ValueError):
+        node2.bootstrap([Peer(1)])
+
+
+def test_single_voter_becomes_leader_after_election_timeout():
+    node, st = new_node()
+    node.bootstrap([Peer(1)])
+    applied: list = []
+    drain(node, st, applied)
+    ticks = 0
+    while node.raft.state != StateType.LEADER:
+        node.tick()
+        ticks += 1
+        assert ticks < 2 * node.raft.election_timeout
+    assert ticks >= node.raft.election_timeout
+    rds = drain(node, st, applied)
+    assert any(rd.soft_state and rd.soft_state.raft_state == StateType.LEADER for rd in rds)
+    # The new leader's empty entry commits at once.
+    assert applied[-1].term == 2 and applied[-1].data == b""
+
+
+def test_campaign_makes_single_voter_leader_immediately():
+    node, st = new_node()
+    node.bootstrap([Peer(1)])
+    applied: list = []
+    drain(node, st, applied)
+    node.campaign()
+    assert node.raft.state == StateType.LEADER
+    assert node.status().soft_state.lead == 1
+
+
+def test_single_voter_propose_commit_apply():
+    node, st = new_node()
+    node.bootstrap([Peer(1)])
+    applied: list = []
+    drain(node, st, applied)
+    node.campaign()
+    drain(node, st, applied)
+    for i in range(10):
+        node.propose(b"v%d" % i)
+    rd = node.ready()
+    assert [e.data for e in rd.entries] == [b"v%d" % i for i in range(10)]
+    assert [e.data for e in rd.committed_entries] == [b"v%d" % i for i in range(10)]
+    assert rd.hard_state is not None and rd.hard_state.commit == rd.entries[-1].index
+    assert rd.messages == []
+    st.append(rd.entries)
+    st.set_hard_state(rd.hard_state)
+    node.advance(rd)
+    assert not node.has_ready()
+    assert node.status().applied == rd.entries[-1].index
+    node.propose_batch([b"a", b"b"])
+    rd = node.ready()
+    assert [e.data for e in rd.committed_entries] == [b"a", b"b"]
+
+
+def test_propose_without_leader_dropped():
+    node, st = new_node()
+    node.bootstrap([Peer(1)])
+    with pytest.raises(ProposalDropped):
+        node.propose(b"x")
+
+
+def test_step_local_message_raises():
+    node, _ = new_node()
+    with pytest.raises(ErrStepLocalMsg):
+        node.step(Message(MessageType.HUP))
+
+
+def test_restart_single_voter_keeps_log_and_term():
+    node, st = new_node()
+    node.bootstrap([Peer(1)])
+    applied: list = []
+    drain(node, st, applied)
+    node.campaign()
+    node.propose(b"x")
+    drain(node, st, applied)
+    term = node.raft.term
+    node2, _ = new_node(storage=st, applied=applied[-1].index)
+    assert node2.raft.term == term
+    assert node2.raft.raft_log.committed == applied[-1].index
+    assert not node2.ready().committed_entries
+    node2.campaign()
+    assert node2.raft.state == StateType.LEADER and node2.raft.term == term + 1
+    node2.propose(b"y")
+    applied2: list = []
+    drain(node2, st, applied2)
+    assert applied2[-1].data == b"y"
+
+
+def test_single_voter_read_index_immediate():
+    node, st = new_node()
+    node.bootstrap([Peer(1)])
+    applied: list = []
+    drain(node, st, applied)
+    node.campaign()
+    drain(node, st, applied)
+    node.read_index(b"ctx1")
+    rd = node.ready()
+    assert len(rd.read_states) == 1
+    assert rd.read_states[0].request_ctx == b"ctx1"
+    assert rd.read_states[0].index == node.raft.raft_log.committed
+
+
+def test_conf_change_roundtrip_encoding():
+    from etcdpy.raft import marshal_conf_change
+
+    cc = ConfChange(type=ConfChangeType.ADD_LEARNER_NODE, node_id=2**63 + 5, context=b"\x00member", id=77)
+    assert unmarshal_conf_change(marshal_conf_change(cc)) == cc
+
+
+def test_restart_without_applied_redelivers_committed_entries():
+    node, st = new_node()
+    node.bootstrap([Peer(1)])
+    applied: list = []
+    drain(node, st, applied)
+    node.campaign()
+    node.propose(b"x")
+    drain(node, st, applied)
+    node2, _ = new_node(storage=st)
+    rd = node2.ready()
+    assert [e.index for e in rd.committed_entries] == [e.index for e in applied]
+    applied2: list = []
+    for e in rd.committed_entries:
+        if e.type == EntryType.CONF_CHANGE:
+            node2.apply_conf_change(unmarshal_conf_change(e.data))
+    node2.advance(rd)
+    node2.campaign()
+    assert node2.raft.state == StateType.LEADER
+    node2.propose(b"y")
+    drain(node2, st, applied2)
+    assert applied2[-1].data == b"y"
+
+
+def test_single_voter_throughput_smoke():
+    """Many proposals per Ready: per-proposal work must stay O(1)."""
+    node, st = new_node()
+    node.bootstrap([Peer(1)])
+    applied: list = []
+    drain(node, st, applied)
+    node.campaign()
+    drain(node, st, applied)
+    n = 0
+    for _ in range(200):
+        for _ in range(50):
+            node.propose(b"x" * 100)
+            n += 1
+        drain(node, st, applied)
+    assert sum(1 for e in applied if e.type == EntryType.NORMAL and e.data) == n
+    assert st.last_index() == applied[-1].index
