@@ -1,0 +1,425 @@
+"""The storage backend: one RocksDB (via `rocksdict`) holding etcd's buckets.
+
+etcd keeps its state in bbolt buckets (`key`, `meta`, `lease`, `auth`, ...).
+We keep them in a single RocksDB column family, each bucket being a key prefix:
+
+    RocksDB key = <bucket name, ASCII> + b"\\x00" + <key inside the bucket>
+
+One column family (instead of one per bucket) keeps three things trivial: a
+write batch spanning buckets is one atomic RocksDB write; one RocksDB snapshot
+is a consistent view of every bucket (what `snapshot_to` needs); and closing
+the DB releases everything (rocksdict keeps a DB open while any column family
+handle lives). Bucket names must not contain NUL.
+
+Writes are never synced: the Raft WAL is the durability log, and RocksDB's own
+WAL (left on) makes every completed write survive a process crash. A synced
+write would also hold the GIL for the whole fsync.
+
+Snapshot file format (version 1), written by `snapshot_to` / `SnapshotStream`
+and read by `restore_from`; all integers big-endian:
+
+    header      b"ETCDPYDB" + u32 version (=1) + u32 flags (=0)           16 bytes
+    records     u32 key length + u32 value length + key + value, for every
+                RocksDB entry in key order (keys are the raw prefixed keys)
+    terminator  u32 0xFFFFFFFF + u32 0
+    trailer     sha256 of every byte above (32 bytes)
+
+Anything after the trailer must be either nothing or exactly 32 bytes equal to
+the sha256 of everything before them (what `etcdctl snapshot save` appends from
+the Maintenance.Snapshot stream); other trailing data is rejected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import struct
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO
+
+from rocksdict import (
+    BottommostLevelCompaction,
+    CompactOptions,
+    Options,
+    ReadOptions,
+    Rdict,
+    WriteBatch,
+    WriteOptions,
+)
+
+# etcd's bucket names (server/storage/schema/bucket.go).
+BUCKET_KEY = "key"
+BUCKET_META = "meta"
+BUCKET_LEASE = "lease"
+BUCKET_ALARM = "alarm"
+BUCKET_CLUSTER = "cluster"
+BUCKET_MEMBERS = "members"
+BUCKET_MEMBERS_REMOVED = "members_removed"
+BUCKET_AUTH = "auth"
+BUCKET_AUTH_USERS = "authUsers"
+BUCKET_AUTH_ROLES = "authRoles"
+
+# etcd's meta bucket keys.
+META_CONSISTENT_INDEX = b"consistent_index"
+META_CONSISTENT_TERM = b"term"
+META_SCHEDULED_COMPACT = b"scheduledCompactRev"
+META_FINISHED_COMPACT = b"finishedCompactRev"
+
+SNAPSHOT_MAGIC = b"ETCDPYDB"
+SNAPSHOT_VERSION = 1
+_HEADER = struct.Struct(">8sII")
+_REC = struct.Struct(">II")
+_END_MARK = 0xFFFFFFFF
+_SHA_LEN = 32
+_RESTORE_BATCH_BYTES = 4 << 20
+
+
+class SnapshotError(Exception):
+    """A snapshot file is malformed or fails its checksum."""
+
+
+def bucket_prefix(bucket: str) -> bytes:
+    """The RocksDB key prefix of a bucket."""
+    b = bucket.encode()
+    if b"\x00" in b:
+        raise ValueError("bucket names must not contain NUL")
+    return b + b"\x00"
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The first key after every key starting with `prefix` (prefix ends in NUL)."""
+    return prefix[:-1] + b"\x01"
+
+
+def _db_options() -> Options:
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.set_keep_log_file_num(2)
+    opts.set_max_log_file_size(8 << 20)
+    return opts
+
+
+def default_hash_ignore(bucket: str, key: bytes) -> bool:
+    """etcd's DefaultIgnores: the consistent index/term change outside user control."""
+    return bucket == BUCKET_META and key in (META_CONSISTENT_INDEX, META_CONSISTENT_TERM)
+
+
+class Batch:
+    """A write batch spanning buckets, applied atomically by `Backend.write`."""
+
+    __slots__ = ("_wb", "_empty")
+
+    def __init__(self) -> None:
+        self._wb = WriteBatch(raw_mode=True)
+        self._empty = True
+
+    def put(self, bucket: str, key: bytes, value: bytes) -> None:
+        self._wb.put(bucket_prefix(bucket) + key, value)
+        self._empty = False
+
+    def delete(self, bucket: str, key: bytes) -> None:
+        self._wb.delete(bucket_prefix(bucket) + key)
+        self._empty = False
+
+    def put_raw(self, raw_key: bytes, value: bytes) -> None:
+        """Put an already-prefixed key (the MVCC hot path precomputes prefixes)."""
+        self._wb.put(raw_key, value)
+        self._empty = False
+
+    def delete_raw(self, raw_key: bytes) -> None:
+        self._wb.delete(raw_key)
+        self._empty = False
+
+    def is_empty(self) -> bool:
+        return self._empty
+
+    @property
+    def write_batch(self) -> WriteBatch:
+        return self._wb
+
+
+class Backend:
+    """Bucketed key-value storage on one RocksDB directory."""
+
+    def __init__(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._path = path
+        self._db: Rdict | None = Rdict(path, _db_options())
+        wo = WriteOptions()
+        wo.sync = False  # never fsync here: see the module docstring
+        wo.disable_wal = False
+        self._db.set_write_options(wo)
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def db(self) -> Rdict:
+        """The raw Rdict (raw mode, prefixed keys): for hot paths that batch their own keys."""
+        if self._db is None:
+            raise RuntimeError("backend is closed")
+        return self._db
+
+    def close(self) -> None:
+        """Flush memtables and release the DB so it can be reopened (also in this process)."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- point operations -----------------------------------------------------
+
+    def get(self, bucket: str, key: bytes) -> bytes | None:
+        return self.db.get(bucket_prefix(bucket) + key)
+
+    def get_many(self, bucket: str, keys: list[bytes]) -> list[bytes | None]:
+        """Multi-get in one call (one GIL round trip for many values)."""
+        if not keys:
+            return []
+        p = bucket_prefix(bucket)
+        return self.db.get([p + k for k in keys])
+
+    def put(self, bucket: str, key: bytes, value: bytes) -> None:
+        """A single unsynced write; use a Batch when several writes must be atomic."""
+        self.db.put(bucket_prefix(bucket) + key, value)
+
+    def delete(self, bucket: str, key: bytes) -> None:
+        self.db.delete(bucket_prefix(bucket) + key)
+
+    def batch(self) -> Batch:
+        return Batch()
+
+    def write(self, batch: Batch) -> None:
+        """Apply a batch atomically (a Batch can be written only once)."""
+        self.db.write(batch.write_batch)
+
+    # -- iteration ------------------------------------------------------------
+
+    def iterate(
+        self, bucket: str, start: bytes = b"", end: bytes | None = None, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs of a bucket with start <= key < end (end None = bucket end).
+
+        Bounds are passed to RocksDB so deleted entries beyond the range are not scanned.
+        """
+        p = bucket_prefix(bucket)
+        lo = p + start
+        hi = p + end if end is not None else _prefix_end(p)
+        return self._iterate_raw(lo, hi, len(p), reverse)
+
+    def _iterate_raw(self, lo: bytes, hi: bytes, strip: int, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
+        if hi <= lo:
+            return
+        ro = ReadOptions()
+        ro.set_iterate_lower_bound(lo)
+        ro.set_iterate_upper_bound(hi)
+        if not reverse:
+            for k, v in self.db.items(from_key=lo, read_opt=ro):
+                yield k[strip:], v
+            return
+        it = self.db.iter(ro)
+        it.seek_to_last()
+        while it.valid():
+            yield it.key()[strip:], it.value()
+            it.prev()
+
+    def last(self, bucket: str) -> tuple[bytes, bytes] | None:
+        """The greatest (key, value) of a bucket, or None if it is empty."""
+        for kv in self.iterate(bucket, reverse=True):
+            return kv
+        return None
+
+    # -- sizes and maintenance ------------------------------------------------
+
+    def size(self) -> int:
+        """Total bytes of the RocksDB directory on disk (SSTs, WAL, manifest, logs)."""
+        total = 0
+        for root, _dirs, files in os.walk(self._path):
+            for name in files:
+                try:
+                    total += os.path.getsize(os.path.join(root, name))
+                except OSError:
+                    pass  # a file removed by a background compaction meanwhile
+        return total
+
+    def size_in_use(self) -> int:
+        """Estimate of live data: RocksDB's live-data estimate plus memtable bytes."""
+        db = self.db
+        live = db.property_int_value("rocksdb.estimate-live-data-size") or 0
+        mem = db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
+        return int(live) + int(mem)
+
+    def defrag(self) -> None:
+        """Flush and fully compact, dropping deleted entries (etcd's Defragment)."""
+        db = self.db
+        db.flush(True)
+        co = CompactOptions()
+        co.set_bottommost_level_compaction(BottommostLevelCompaction.force())
+        db.compact_range(None, None, co)
+
+    def hash(self, ignore: Callable[[str, bytes], bool] = default_hash_ignore) -> int:
+        """crc32 (zlib/IEEE) over every non-ignored raw RocksDB key and value, in key order.
+
+        Raw keys include the bucket prefix, so bucket membership is hashed too.
+        """
+        h = 0
+        for raw, v in self.db.items():
+            bucket, _, key = raw.partition(b"\x00")
+            if ignore(bucket.decode(), key):
+                continue
+            h = zlib.crc32(raw, h)
+            h = zlib.crc32(v, h)
+        return h
+
+    # -- snapshots ------------------------------------------------------------
+
+    def open_snapshot(self) -> SnapshotStream:
+        """Freeze the current state now; the returned stream may be read on another thread."""
+        return SnapshotStream(self.db.snapshot())
+
+    def snapshot_to(self, dest: str | BinaryIO) -> int:
+        """Write a snapshot file (format in the module docstring); returns bytes written."""
+        stream = self.open_snapshot()
+        try:
+            if isinstance(dest, str):
+                tmp = dest + ".tmp"
+                with open(tmp, "wb") as f:
+                    n = stream.write_to(f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, dest)
+                return n
+            return stream.write_to(dest)
+        finally:
+            stream.close()
+
+    @staticmethod
+    def restore_from(src: str | BinaryIO, path: str) -> None:
+        """Build the RocksDB at `path` from a snapshot file, replacing what is there.
+
+        The DB at `path` must not be open. The data is loaded into `<path>.restoring`
+        and checked in full before it replaces `path`, so a bad file changes nothing.
+        """
+        tmp = path + ".restoring"
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+        if isinstance(src, str):
+            with open(src, "rb") as f:
+                _load_snapshot(f, tmp)
+        else:
+            _load_snapshot(src, tmp)
+        old = path + ".old"
+        if os.path.exists(old):
+            shutil.rmtree(old)
+        if os.path.exists(path):
+            os.rename(path, old)
+        os.rename(tmp, path)
+        if os.path.exists(old):
+            shutil.rmtree(old)
+
+
+class SnapshotStream:
+    """A frozen RocksDB view serialized in the snapshot file format, chunk by chunk."""
+
+    def __init__(self, snap: object) -> None:
+        self._snap = snap
+
+    def chunks(self, chunk_size: int = 32 * 1024) -> Iterator[bytes]:
+        """The file's bytes in chunks of about `chunk_size` (for Maintenance.Snapshot)."""
+        if self._snap is None:
+            raise RuntimeError("snapshot stream is closed")
+        h = hashlib.sha256()
+        buf = io.BytesIO()
+        buf.write(_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, 0))
+        for k, v in self._snap.items():  # type: ignore[attr-defined]
+            buf.write(_REC.pack(len(k), len(v)))
+            buf.write(k)
+            buf.write(v)
+            if buf.tell() >= chunk_size:
+                data = buf.getvalue()
+                h.update(data)
+                yield data
+                buf = io.BytesIO()
+        buf.write(_REC.pack(_END_MARK, 0))
+        data = buf.getvalue()
+        h.update(data)
+        yield data + h.digest()
+
+    def write_to(self, f: BinaryIO) -> int:
+        n = 0
+        for chunk in self.chunks(1 << 20):
+            f.write(chunk)
+            n += len(chunk)
+        return n
+
+    def close(self) -> None:
+        """Release the RocksDB snapshot (it pins old data and keeps the DB open)."""
+        self._snap = None
+
+
+class _HashingReader:
+    """Reads exactly, hashing everything read."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.sha = hashlib.sha256()
+
+    def read(self, n: int) -> bytes:
+        data = self._f.read(n)
+        if len(data) != n:
+            raise SnapshotError("snapshot file is truncated")
+        self.sha.update(data)
+        return data
+
+
+def _read_records(r: _HashingReader) -> Iterable[tuple[bytes, bytes]]:
+    magic, version, _flags = _HEADER.unpack(r.read(_HEADER.size))
+    if magic != SNAPSHOT_MAGIC:
+        raise SnapshotError("not an etcdpy snapshot file")
+    if version != SNAPSHOT_VERSION:
+        raise SnapshotError(f"unsupported snapshot version {version}")
+    while True:
+        klen, vlen = _REC.unpack(r.read(_REC.size))
+        if klen == _END_MARK:
+            return
+        yield r.read(klen), r.read(vlen)
+
+
+def _check_trailer(f: BinaryIO, r: _HashingReader) -> None:
+    """Verify our sha256 trailer and allow etcdctl's appended sha256 of the whole file."""
+    outer = r.sha.copy()
+    got = f.read(_SHA_LEN)
+    if got != r.sha.digest():
+        raise SnapshotError("snapshot checksum mismatch")
+    outer.update(got)
+    extra = f.read(_SHA_LEN + 1)
+    if extra and extra != outer.digest():
+        raise SnapshotError("unexpected data after the snapshot trailer")
+
+
+def _load_snapshot(f: BinaryIO, path: str) -> None:
+    r = _HashingReader(f)
+    db = Rdict(path, _db_options())
+    try:
+        wb = WriteBatch(raw_mode=True)
+        pending = 0
+        for k, v in _read_records(r):
+            wb.put(k, v)
+            pending += len(k) + len(v)
+            if pending >= _RESTORE_BATCH_BYTES:
+                db.write(wb)
+                wb = WriteBatch(raw_mode=True)
+                pending = 0
+        _check_trailer(f, r)
+        if pending:
+            db.write(wb)
+        db.flush(True)
+    except BaseException:
+        db.close()
+        del db
+        Rdict.destroy(path, _db_options())
+        raise
+    db.close()

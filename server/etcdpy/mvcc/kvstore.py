@@ -1,0 +1,613 @@
+"""The multi-version KV store (etcd's `kvstore.go`, `kvstore_txn.go`, compaction, hash).
+
+Layout in the backend (see backend.py for how buckets map onto RocksDB):
+
+* bucket ``key``: revision bytes (revision.py) -> serialized ``mvccpb.KeyValue``.
+  A put stores the full KeyValue; a delete stores, under the tombstone-marked
+  revision, a KeyValue holding only the key (exactly what etcd stores).
+* bucket ``meta``: ``consistent_index`` and ``term`` (8-byte big-endian), and
+  ``scheduledCompactRev`` / ``finishedCompactRev`` (17-byte revision bytes of
+  (rev, 0)), the names and encodings etcd uses.
+
+The in-memory `TreeIndex` maps keys to revisions; it is rebuilt on open by one
+scan of the key bucket. Every read goes index -> revision -> RocksDB point get
+(measured at ~1 us, so no value cache is kept in memory).
+
+Revisions start as in etcd: an empty store is at revision 1, the first write
+makes revision 2, and the compact revision is -1 until the first compaction.
+
+Threading: like the rest of etcdpy, the store belongs to the asyncio loop
+thread; it takes no locks. Only `SnapshotStream` (from `open_snapshot`) may be
+consumed on another thread.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from types import TracebackType
+from typing import BinaryIO
+
+from rocksdict import WriteBatch
+
+from etcdpy.errors import ErrCompacted, ErrFutureRev
+from etcdpy.mvcc.backend import (
+    BUCKET_KEY,
+    BUCKET_META,
+    META_CONSISTENT_INDEX,
+    META_CONSISTENT_TERM,
+    META_FINISHED_COMPACT,
+    META_SCHEDULED_COMPACT,
+    Backend,
+    Batch,
+    SnapshotStream,
+    bucket_prefix,
+)
+from etcdpy.mvcc.key_index import KeyIndex, RevisionNotFound, TreeIndex
+from etcdpy.mvcc.revision import Revision, bytes_to_rev, is_tombstone, rev_to_bytes
+from etcdpy.pb.kv_pb2 import Event, KeyValue
+
+_U64 = struct.Struct(">Q")
+_KEY_PREFIX = bucket_prefix(BUCKET_KEY)
+_META_PREFIX = bucket_prefix(BUCKET_META)
+_CI_KEY = _META_PREFIX + META_CONSISTENT_INDEX
+_CT_KEY = _META_PREFIX + META_CONSISTENT_TERM
+_PUT = Event.PUT
+_DELETE = Event.DELETE
+
+COMPACTION_BATCH_LIMIT = 1000
+HASH_KV_SEED = b"key"
+
+
+@dataclass
+class RangeResult:
+    """Range answer: kvs in ascending key order, `count` uncapped by limit, `rev` = store revision."""
+
+    kvs: list[KeyValue]
+    count: int
+    rev: int
+
+
+def _in_range(k: bytes, key: bytes, end: bytes | None) -> bool:
+    if not end:
+        return k == key
+    if end == b"\x00":
+        return k >= key
+    return key <= k < end
+
+
+class KVStore:
+    """etcd's MVCC store: one global revision, history per key, compaction, hashes."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._backend = Backend(path)
+        self._reset_memory()
+        self._restore()
+
+    def _reset_memory(self) -> None:
+        self._index = TreeIndex()
+        self._current_rev = 1
+        self._compact_rev = -1
+        self._consistent_index = 0
+        self._consistent_term = 0
+        self._txn: TxnWrite | None = None
+        self._compaction: CompactionJob | None = None
+        # What the last *finished* compaction left below its revision, so that the
+        # next one only scans revisions above it (etcd's lastKeep optimisation).
+        self._last_compact_rev = -1
+        self._last_keep: set[Revision] = set()
+
+    # -- state ----------------------------------------------------------------
+
+    @property
+    def current_rev(self) -> int:
+        return self._current_rev
+
+    @property
+    def compact_rev(self) -> int:
+        """Revision of the latest compaction, -1 if never compacted (as etcd)."""
+        return self._compact_rev
+
+    @property
+    def consistent_index(self) -> int:
+        return self._consistent_index
+
+    @property
+    def consistent_term(self) -> int:
+        return self._consistent_term
+
+    @property
+    def backend(self) -> Backend:
+        """The backend, for other buckets (lease, auth, members) and maintenance."""
+        return self._backend
+
+    @property
+    def index(self) -> TreeIndex:
+        return self._index
+
+    def close(self) -> None:
+        """Release RocksDB; an open txn is dropped and a pending compaction resumes on reopen."""
+        self._txn = None
+        self._compaction = None
+        self._backend.close()
+
+    # -- open / rebuild -------------------------------------------------------
+
+    def _restore(self) -> None:
+        """Load meta, rebuild the index from the key bucket, finish an interrupted compaction."""
+        b = self._backend
+        ci = b.get(BUCKET_META, META_CONSISTENT_INDEX)
+        ct = b.get(BUCKET_META, META_CONSISTENT_TERM)
+        self._consistent_index = _U64.unpack(ci)[0] if ci else 0
+        self._consistent_term = _U64.unpack(ct)[0] if ct else 0
+        finished = b.get(BUCKET_META, META_FINISHED_COMPACT)
+        scheduled = b.get(BUCKET_META, META_SCHEDULED_COMPACT)
+        if finished:
+            self._compact_rev = bytes_to_rev(finished).main
+        last_main = self._rebuild_index()
+        self._current_rev = max(1, last_main, self._compact_rev)
+        if scheduled:
+            sched = bytes_to_rev(scheduled).main
+            if sched > self._compact_rev:
+                self.compact(sched)
+
+    def _rebuild_index(self) -> int:
+        """Replay the key bucket in revision order into a fresh index; returns the last main rev.
+
+        As in etcd, the first surviving revision of a key seeds its generation from the
+        stored KeyValue (create_revision, version), because compaction may have removed
+        the older revisions that would otherwise tell them.
+        """
+        kis: dict[bytes, KeyIndex] = {}
+        last_main = 0
+        parse = KeyValue.FromString
+        for k, v in self._backend.iterate(BUCKET_KEY):
+            rev = bytes_to_rev(k)
+            tomb = is_tombstone(k)
+            kv = parse(v)
+            ki = kis.get(kv.key)
+            if ki is not None:
+                if tomb:
+                    try:
+                        ki.tombstone(rev)
+                    except RevisionNotFound:
+                        pass  # a leftover tombstone of an interrupted compaction
+                else:
+                    ki.put(rev)
+            else:
+                ki = KeyIndex(kv.key)
+                if tomb:
+                    ki.restore_tombstone(rev)
+                else:
+                    ki.restore(Revision(kv.create_revision, 0), rev, kv.version)
+                kis[kv.key] = ki
+            last_main = rev.main
+        self._index.bulk_load(kis)
+        return last_main
+
+    # -- reads ----------------------------------------------------------------
+
+    def range(
+        self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0, count_only: bool = False
+    ) -> RangeResult:
+        """Keys in [key, end) as of `rev` (<= 0: latest); see TreeIndex for `end` semantics."""
+        return self._range(key, end, rev, limit, count_only, self._current_rev)
+
+    def _range(
+        self, key: bytes, end: bytes | None, rev: int, limit: int, count_only: bool, cur_rev: int
+    ) -> RangeResult:
+        if rev > cur_rev:
+            raise ErrFutureRev()
+        if rev <= 0:
+            rev = cur_rev
+        if rev < self._compact_rev:
+            raise ErrCompacted()
+        if count_only:
+            return RangeResult([], self._index.count_revisions(key, end, rev), cur_rev)
+        revs, total = self._index.revisions(key, end, rev, limit)
+        return RangeResult(self._load(revs), total, cur_rev)
+
+    def _load(self, revs: list[Revision]) -> list[KeyValue]:
+        """Fetch and decode the KeyValues stored at live (non-tombstone) revisions."""
+        if not revs:
+            return []
+        db = self._backend.db
+        if len(revs) == 1:
+            r = revs[0]
+            vals = [db.get(_KEY_PREFIX + rev_to_bytes(r.main, r.sub))]
+        else:
+            vals = db.get([_KEY_PREFIX + rev_to_bytes(r.main, r.sub) for r in revs])
+        parse = KeyValue.FromString
+        out = []
+        for r, v in zip(revs, vals):
+            if v is None:
+                raise RuntimeError(f"mvcc: index points to missing revision {tuple(r)}")
+            out.append(parse(v))
+        return out
+
+    def events(self, start_rev: int, end_rev: int = 0, limit: int = 0) -> list[Event]:
+        """Stored changes with start_rev <= revision < end_rev (0 = to the end), in order.
+
+        For watchers catching up from history. PUT events carry the full KeyValue;
+        DELETE events a KeyValue with the key and mod_revision (as etcd). With a
+        `limit`, stops at the first revision boundary after `limit` events, so one
+        transaction's events are never split. ErrCompacted if start_rev < compact_rev.
+        """
+        if start_rev < self._compact_rev:
+            raise ErrCompacted()
+        lo = rev_to_bytes(max(start_rev, 0), 0)
+        hi = rev_to_bytes(end_rev, 0) if end_rev > 0 else None
+        out: list[Event] = []
+        last_main = -1
+        for k, v in self._backend.iterate(BUCKET_KEY, lo, hi):
+            r = bytes_to_rev(k)
+            if limit and len(out) >= limit and r.main != last_main:
+                break
+            ev = Event()
+            ev.kv.ParseFromString(v)
+            if is_tombstone(k):
+                ev.type = _DELETE
+                ev.kv.mod_revision = r.main
+            out.append(ev)
+            last_main = r.main
+        return out
+
+    # -- writes ---------------------------------------------------------------
+
+    def write(self) -> TxnWrite:
+        """Start the (single) write transaction; it must be ended or aborted before the next."""
+        if self._txn is not None:
+            raise RuntimeError("mvcc: a write txn is already open")
+        txn = TxnWrite(self)
+        self._txn = txn
+        return txn
+
+    def _txn_done(self, txn: TxnWrite) -> None:
+        if self._txn is txn:
+            self._txn = None
+
+    # -- compaction -----------------------------------------------------------
+
+    def compact(self, rev: int) -> None:
+        """Compact at `rev` and remove the dropped revisions from RocksDB before returning."""
+        self.schedule_compaction(rev).run()
+
+    def schedule_compaction(self, rev: int) -> CompactionJob:
+        """Validate, persist the scheduled rev and compact the index now; disk cleanup is the job.
+
+        From return on, reads below `rev` fail with ErrCompacted. The caller may run the
+        job's `step()`s spread over loop iterations; a crash before it finishes is
+        repaired on the next open (scheduledCompactRev > finishedCompactRev).
+        """
+        if self._compaction is not None:
+            self._compaction.run()
+        if rev <= self._compact_rev:
+            raise ErrCompacted()
+        if rev > self._current_rev:
+            raise ErrFutureRev()
+        self._backend.put(BUCKET_META, META_SCHEDULED_COMPACT, rev_to_bytes(rev, 0))
+        self._compact_rev = rev
+        keep = self._index.compact(rev)
+        job = CompactionJob(self, rev, keep)
+        self._compaction = job
+        return job
+
+    def _compaction_done(self, job: CompactionJob) -> None:
+        if self._compaction is job:
+            self._compaction = None
+        self._last_compact_rev = job.rev
+        self._last_keep = job.keep
+
+    # -- hashes ---------------------------------------------------------------
+
+    def hash_kv(self, rev: int = 0) -> tuple[int, int, int]:
+        """(hash, current_rev, compact_rev) over the key bucket up to `rev` (0 = current).
+
+        What is hashed, so every member computes the same value: a zlib (IEEE) crc32
+        (etcd uses Castagnoli; there is no C implementation in our dependencies),
+        started over b"key" then fed, in key-bucket (= revision) order, the revision
+        bytes and the stored value of every entry with main revision <= rev, except
+        that entries with revision <= compact_rev are only fed when they are among the
+        revisions compaction at `rev` would keep (`TreeIndex.keep(rev)`; no filtering
+        if that set is empty), which makes the result independent of how far physical
+        compaction has progressed, exactly like etcd's HashByRev.
+        """
+        compact, cur = self._compact_rev, self._current_rev
+        if 0 < rev < compact:
+            raise ErrCompacted()
+        if rev > cur:
+            raise ErrFutureRev()
+        if rev <= 0:
+            rev = cur
+        keep = self._index.keep(rev)
+        lower = Revision(compact + 1, 0)
+        h = zlib.crc32(HASH_KV_SEED)
+        crc = zlib.crc32
+        for k, v in self._backend.iterate(BUCKET_KEY, b"", rev_to_bytes(rev + 1, 0)):
+            if keep:
+                kr = bytes_to_rev(k)
+                if kr < lower and kr not in keep:
+                    continue
+            h = crc(v, crc(k, h))
+        return h, cur, compact
+
+    def hash(self) -> int:
+        """Hash of the whole backend except the consistent index/term (Maintenance.Hash)."""
+        return self._backend.hash()
+
+    # -- maintenance ----------------------------------------------------------
+
+    def size(self) -> int:
+        return self._backend.size()
+
+    def size_in_use(self) -> int:
+        return self._backend.size_in_use()
+
+    def defrag(self) -> None:
+        self._backend.defrag()
+
+    def open_snapshot(self) -> SnapshotStream:
+        """A frozen, thread-safe stream of the whole backend in the snapshot file format."""
+        return self._backend.open_snapshot()
+
+    def snapshot_to(self, dest: str | BinaryIO) -> int:
+        return self._backend.snapshot_to(dest)
+
+    def restore_from(self, src: str | BinaryIO) -> None:
+        """Replace the whole store with a snapshot file's contents, then reload from it."""
+        if self._txn is not None:
+            raise RuntimeError("mvcc: cannot restore with a write txn open")
+        self.close()
+        try:
+            Backend.restore_from(src, self._path)
+        finally:
+            self._backend = Backend(self._path)
+            self._reset_memory()
+            self._restore()
+
+
+class CompactionJob:
+    """Removes from RocksDB the revisions <= rev that the index compaction dropped.
+
+    Each `step()` deletes at most COMPACTION_BATCH_LIMIT entries in one write; the
+    last one also records finishedCompactRev.
+    """
+
+    def __init__(self, store: KVStore, rev: int, keep: set[Revision]) -> None:
+        self._store = store
+        self.rev = rev
+        self.keep = keep
+        self.done = False
+        # Revisions kept by the previous compaction that this one drops.
+        self._stale = [r for r in store._last_keep if r not in keep]
+        start = max(store._last_compact_rev, 0)
+        self._next = rev_to_bytes(start, 0)
+        self._end = rev_to_bytes(rev + 1, 0)
+
+    def run(self) -> None:
+        while not self.step():
+            pass
+
+    def step(self) -> bool:
+        """Delete one batch; True once everything is deleted and recorded."""
+        if self.done:
+            return True
+        b = self._store.backend
+        batch = Batch()
+        n = self._drop_stale(batch)
+        finished = True
+        for k, _v in b.iterate(BUCKET_KEY, self._next, self._end):
+            if n >= COMPACTION_BATCH_LIMIT:
+                self._next = k
+                finished = False
+                break
+            if bytes_to_rev(k) not in self.keep:
+                batch.delete_raw(_KEY_PREFIX + k)
+                n += 1
+        if finished:
+            batch.put(BUCKET_META, META_FINISHED_COMPACT, rev_to_bytes(self.rev, 0))
+            self._next = self._end
+        b.write(batch)
+        if finished:
+            self.done = True
+            self._store._compaction_done(self)
+        return finished
+
+    def _drop_stale(self, batch: Batch) -> int:
+        n = 0
+        while self._stale and n < COMPACTION_BATCH_LIMIT:
+            r = self._stale.pop()
+            # Whether it was a tombstone is not recorded in the index: delete both keys.
+            batch.delete_raw(_KEY_PREFIX + rev_to_bytes(r.main, r.sub))
+            batch.delete_raw(_KEY_PREFIX + rev_to_bytes(r.main, r.sub, True))
+            n += 1
+        return n
+
+
+class TxnWrite:
+    """One write transaction at revision `rev` = current_rev + 1 (etcd's storeTxnWrite).
+
+    Changes are staged: the index and RocksDB see nothing until `end()`, which
+    writes all of them plus the consistent index/term in one atomic batch, so a
+    crash (or `abort()`) before it leaves no trace. Reads in the txn see its own
+    earlier writes, as in etcd. Other buckets' writes that must commit atomically
+    with this txn (lease, auth, members) can be added to `batch`.
+    """
+
+    def __init__(self, store: KVStore) -> None:
+        self._s = store
+        self.begin_rev = store.current_rev
+        self.rev = self.begin_rev + 1
+        self.changes: list[Event] = []
+        self.batch = Batch()
+        self._wb: WriteBatch = self.batch.write_batch
+        self._index_ops: list[tuple[bytes, Revision, bool]] = []
+        # Latest state in this txn of every key it touched: the KeyValue, or None if deleted.
+        self._pending: dict[bytes, KeyValue | None] = {}
+        self._closed = False
+
+    def __enter__(self) -> TxnWrite:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self._closed:
+            self.abort()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("mvcc: txn already ended")
+
+    # -- reads ----------------------------------------------------------------
+
+    def range(
+        self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0, count_only: bool = False
+    ) -> RangeResult:
+        """Like KVStore.range, at this txn's view: its own changes count once it made one."""
+        self._check_open()
+        s = self._s
+        if not self.changes:
+            return s._range(key, end, rev, limit, count_only, self.begin_rev)
+        cur = self.rev
+        if rev > cur:
+            raise ErrFutureRev()
+        if 0 < rev < cur:
+            return s._range(key, end, rev, limit, count_only, cur)
+        touched = [k for k in self._pending if _in_range(k, key, end)]
+        if not touched:
+            return s._range(key, end, self.begin_rev, limit, count_only, cur)
+        return self._merged_range(key, end, limit, count_only, touched)
+
+    def _merged_range(
+        self, key: bytes, end: bytes | None, limit: int, count_only: bool, touched: list[bytes]
+    ) -> RangeResult:
+        keys, revs = self._s.index.range(key, end, self.begin_rev)
+        entries: dict[bytes, Revision | KeyValue] = dict(zip(keys, revs))
+        for k in touched:
+            p = self._pending[k]
+            if p is None:
+                entries.pop(k, None)
+            else:
+                entries[k] = p
+        ordered = sorted(entries)
+        total = len(ordered)
+        if count_only:
+            return RangeResult([], total, self.rev)
+        if limit:
+            ordered = ordered[:limit]
+        return RangeResult(self._materialize([entries[k] for k in ordered]), total, self.rev)
+
+    def _materialize(self, items: list[Revision | KeyValue]) -> list[KeyValue]:
+        """KeyValues for a mix of committed revisions and this txn's own KeyValues, in order."""
+        loaded = iter(self._s._load([i for i in items if isinstance(i, Revision)]))
+        out = []
+        for i in items:
+            if isinstance(i, Revision):
+                out.append(next(loaded))
+            else:
+                kv = KeyValue()
+                kv.CopyFrom(i)
+                out.append(kv)
+        return out
+
+    def _latest(self, key: bytes) -> tuple[int, int] | None:
+        """(create_revision, version) of `key` in this txn's view, None if absent."""
+        if key in self._pending:
+            p = self._pending[key]
+            return None if p is None else (p.create_revision, p.version)
+        got = self._s.index.get(key, self.begin_rev)
+        if got is None:
+            return None
+        return got[1].main, got[2]
+
+    # -- writes ---------------------------------------------------------------
+
+    def put(self, key: bytes, value: bytes, lease: int = 0) -> None:
+        """Put at (rev, next sub); keeps create_revision and bumps version of a live key."""
+        self._check_open()
+        rev = self.rev
+        sub = len(self.changes)
+        prev = self._latest(key)
+        ev = Event()
+        kv = ev.kv
+        kv.key = key
+        kv.mod_revision = rev
+        if prev is None:
+            kv.create_revision = rev
+            kv.version = 1
+        else:
+            kv.create_revision = prev[0]
+            kv.version = prev[1] + 1
+        if value:
+            kv.value = value
+        if lease:
+            kv.lease = lease
+        self._wb.put(_KEY_PREFIX + rev_to_bytes(rev, sub), kv.SerializeToString())
+        self._index_ops.append((key, Revision(rev, sub), False))
+        self._pending[key] = kv
+        self.changes.append(ev)
+
+    def delete_range(self, key: bytes, end: bytes | None) -> tuple[int, list[KeyValue]]:
+        """Delete the keys in range that exist in this txn's view; returns them as they were."""
+        self._check_open()
+        res = self.range(key, end)
+        for kv in res.kvs:
+            self._delete(kv.key)
+        return len(res.kvs), res.kvs
+
+    def _delete(self, key: bytes) -> None:
+        rev = self.rev
+        sub = len(self.changes)
+        self._wb.put(_KEY_PREFIX + rev_to_bytes(rev, sub, True), KeyValue(key=key).SerializeToString())
+        ev = Event(type=_DELETE)
+        ev.kv.key = key
+        ev.kv.mod_revision = rev
+        self._index_ops.append((key, Revision(rev, sub), True))
+        self._pending[key] = None
+        self.changes.append(ev)
+
+    def end(self, consistent_index: int, consistent_term: int) -> int:
+        """Commit atomically with the consistent index/term; returns the store revision after.
+
+        The revision moves only if something changed, but the consistent index is
+        stored either way, so a replayed WAL entry is recognised as applied.
+        """
+        self._check_open()
+        self._closed = True
+        s = self._s
+        s._txn_done(self)
+        wb = self._wb
+        wb.put(_CI_KEY, _U64.pack(consistent_index))
+        wb.put(_CT_KEY, _U64.pack(consistent_term))
+        s.backend.db.write(wb)
+        index = s.index
+        for key, r, tomb in self._index_ops:
+            if tomb:
+                index.tombstone(key, r)
+            else:
+                index.put(key, r)
+        if self.changes:
+            s._current_rev = self.rev
+        s._consistent_index = consistent_index
+        s._consistent_term = consistent_term
+        return s._current_rev
+
+    def abort(self) -> None:
+        """Drop every staged change; the store is as if the txn never started."""
+        self._closed = True
+        self._s._txn_done(self)
+        self._index_ops.clear()
+        self._pending.clear()
+
+
+__all__ = [
+    "COMPACTION_BATCH_LIMIT",
+    "CompactionJob",
+    "KVStore",
+    "RangeResult",
+    "TxnWrite",
+]
+
