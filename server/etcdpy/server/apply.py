@@ -1,0 +1,678 @@
+"""The applier: etcd's KV semantics on top of the MVCC store (etcd's applierV3backend).
+
+Every member applies the same committed entries in the same order, so
+everything here must be a pure function of (store state, request): no clock,
+no randomness, no iteration over unordered containers. Two members that apply
+the same log end with the same store and give the same answers.
+
+What etcd does, and therefore what this module does (each point checked
+against etcd 3.4.23 and encoded in tests/unit/test_apply.py):
+
+* Range: a limit asks the store for limit+1 keys so that `more` is known; when
+  sorting (any order other than NONE) or filtering by min/max mod/create
+  revision, everything is fetched, then filtered, then sorted, then cut to the
+  limit. `count` is always the store's count of the whole range at that
+  revision: the filters and the limit do not change it, while `more` is
+  computed after filtering. A non-KEY sort target with order NONE sorts
+  ASCEND; since that case does not fetch everything, it sorts only the first
+  limit+1 keys. keys_only drops values after sorting (VALUE sort still works).
+  header.revision is the store's current revision, not the requested one.
+* Put: an unknown lease fails first, then ignore_value/ignore_lease on a
+  missing key fails with ErrKeyNotFound; prev_kv is the value before the put.
+* DeleteRange: prev_kvs are read before deleting; deleting nothing leaves the
+  revision alone.
+* Txn: every compare (nested ones too) is evaluated against the state before
+  the txn, which fixes the path through the txn tree; then, for the ops on
+  that path only, puts are checked (ignore_* on missing key, unknown lease —
+  in that order per put) and then ranges (future/compacted revision); only
+  then are the ops executed, seeing their own writes. A compare with
+  range_end must hold for every key in the range; an empty range, like a
+  missing key, compares against a zero KeyValue — except a VALUE compare,
+  which then fails. The whole txn gets one revision, bumped only if something
+  changed; ops report the revision as of their point in the txn; a nested
+  txn's response carries an empty header.
+* Compaction: the store's errors pass through; the response revision is the
+  current one (compaction does not create a revision).
+
+Every applied entry ends with a store write carrying (index, term), even when
+the request fails, so the consistent index always moves with the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from etcdpy import errors
+from etcdpy.pb import kv_pb2, raft_internal_pb2, rpc_pb2
+
+if TYPE_CHECKING:  # the store is only needed for type checking; keeps this module importable alone
+    from etcdpy.mvcc import KVStore, RangeResult, TxnWrite
+
+_RR = rpc_pb2.RangeRequest
+_CMP = rpc_pb2.Compare
+
+
+@dataclass
+class ApplyResult:
+    """What applying one entry produced; handed to the proposer through the wait registry.
+
+    `physc` is the compaction hook: when it is not None the server must wait
+    for it (await it if awaitable, else call it) before answering a
+    CompactionRequest with physical=true, as etcd waits on its physc channel.
+    None means the compaction's physical work is already done.
+    """
+
+    resp: Any | None
+    err: errors.EtcdError | None
+    events: list[kv_pb2.Event] = field(default_factory=list)
+    physc: Any | None = None
+
+
+class LeaseLookup(Protocol):
+    """The part of the lessor the applier needs (issue "Lease" provides it)."""
+
+    def lookup(self, lease_id: int) -> object | None:
+        """The lease with this id, or None when it does not exist."""
+        ...
+
+
+def fill_header(header: rpc_pb2.ResponseHeader, cluster_id: int, member_id: int, raft_term: int) -> None:
+    """etcd's header.fill for the top-level response: the applier leaves these three fields to the server.
+
+    Only the outermost response gets them; responses nested in a TxnResponse keep
+    just their revision, as in etcd. The revision set by the applier is kept.
+    """
+    header.cluster_id = cluster_id
+    header.member_id = member_id
+    header.raft_term = raft_term
+
+
+class _View:
+    """What one request runs against: the store (reads) or a write txn (reads see own writes).
+
+    `begin` is the store revision when the request started; `rev` is the
+    revision a response reports at this point: begin, or begin+1 once the write
+    txn has changed something (etcd's storeTxnWrite.Rev() / Range revision).
+    """
+
+    def __init__(self, store: KVStore, write: TxnWrite | None) -> None:
+        self.begin = store.current_rev
+        self.write = write
+        self._reader = write.range if write is not None else store.range
+
+    def range(
+        self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0, count_only: bool = False
+    ) -> RangeResult:
+        return self._reader(key, end, rev=rev, limit=limit, count_only=count_only)
+
+    @property
+    def rev(self) -> int:
+        changed = self.write is not None and len(self.write.changes) > 0
+        return self.begin + 1 if changed else self.begin
+
+    def writer(self) -> TxnWrite:
+        if self.write is None:
+            raise RuntimeError("write op on a read-only view")
+        return self.write
+
+
+class Applier:
+    """etcd's applierV3backend for the KV requests; leases and auth plug in later."""
+
+    def __init__(self, store: KVStore, lessor: LeaseLookup | None = None) -> None:
+        self.store = store
+        # Hook for issue "Lease": until a lessor is attached every lease id is unknown,
+        # so any put with a nonzero lease fails with ErrLeaseNotFound.
+        self.lessor: LeaseLookup | None = lessor
+
+    # ------------------------------------------------------------------ reads without the log
+
+    def range(self, req: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
+        """A Range served from the local store (serializable, or after a ReadIndex)."""
+        resp = rpc_pb2.RangeResponse()
+        self._range(_View(self.store, None), req, resp)
+        return resp
+
+    def txn_read_only(self, req: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
+        """A txn of ranges only, served from the local store like a Range (etcd does not log it)."""
+        if not is_txn_read_only(req):
+            raise ValueError("txn_read_only called with a txn that writes")
+        return self._txn(_View(self.store, None), req)
+
+    # ------------------------------------------------------------------ the apply step
+
+    def apply(self, req: raft_internal_pb2.InternalRaftRequest, index: int, term: int) -> ApplyResult:
+        """Apply one committed entry and record (index, term) as the store's consistent index.
+
+        A request error is a result, not an exception: the store write is rolled
+        back and an empty write records the consistent index. Any other exception
+        is a bug that could make members diverge, so it propagates (etcd panics).
+        """
+        if req.HasField("compaction"):
+            return self._apply_compaction(req.compaction, index, term)
+        op = self._dispatch(req)
+        view = _View(self.store, self.store.write())
+        write = view.writer()
+        try:
+            resp = op(view)
+        except errors.EtcdError as e:
+            write.abort()
+            self._save_consistent_index(index, term)
+            return ApplyResult(resp=None, err=e, events=[])
+        except BaseException:
+            write.abort()
+            raise
+        events = list(write.changes)
+        write.end(index, term)
+        return ApplyResult(resp=resp, err=None, events=events)
+
+    def _dispatch(self, req: raft_internal_pb2.InternalRaftRequest) -> Callable[[_View], Any]:
+        """Pick the handler for the one request set in `req`, in etcd's order."""
+        if req.HasField("range"):
+            return lambda view: self._range(view, req.range, rpc_pb2.RangeResponse())
+        if req.HasField("put"):
+            return lambda view: self._put(view, req.put, rpc_pb2.PutResponse(), in_txn=False)
+        if req.HasField("delete_range"):
+            return lambda view: self._delete_range(view, req.delete_range, rpc_pb2.DeleteRangeResponse())
+        if req.HasField("txn"):
+            return lambda view: self._txn(view, req.txn)
+        raise NotImplementedError(f"apply: no KV request in {req.ListFields()[:1]!r}")
+
+    def _save_consistent_index(self, index: int, term: int) -> None:
+        """An empty write whose only effect is storing (index, term): keeps replay exact after a failed request."""
+        self.store.write().end(index, term)
+
+    def _apply_compaction(self, req: rpc_pb2.CompactionRequest, index: int, term: int) -> ApplyResult:
+        """Compact, then record the consistent index.
+
+        The two steps are not one atomic write: a crash between them replays the
+        entry, and the replay fails with ErrCompacted, which changes nothing and
+        is seen by nobody (no one waits for a replayed entry).
+        """
+        try:
+            physc = self.store.compact(req.revision)
+        except errors.EtcdError as e:
+            self._save_consistent_index(index, term)
+            return ApplyResult(resp=None, err=e, events=[])
+        resp = rpc_pb2.CompactionResponse()
+        resp.header.revision = self.store.current_rev
+        self._save_consistent_index(index, term)
+        return ApplyResult(resp=resp, err=None, events=[], physc=physc)
+
+    # ------------------------------------------------------------------ Range
+
+    def _range(self, view: _View, r: rpc_pb2.RangeRequest, resp: rpc_pb2.RangeResponse) -> rpc_pb2.RangeResponse:
+        """applierV3backend.Range: fetch, filter, sort, cut, in that order (see module docstring)."""
+        rr = view.range(r.key, r.range_end or None, rev=r.revision, limit=_fetch_limit(r), count_only=r.count_only)
+        kvs = _prune(list(rr.kvs), r)
+        order = r.sort_order
+        if r.sort_target != _RR.KEY and order == _RR.NONE:
+            order = _RR.ASCEND  # the store returns key order; another target means "sort by it"
+        if order != _RR.NONE:
+            kvs = sort_kvs(kvs, r.sort_target, order)
+        if r.limit > 0 and len(kvs) > r.limit:
+            kvs = kvs[: r.limit]
+            resp.more = True
+        resp.header.revision = view.rev
+        resp.count = rr.count
+        resp.kvs.extend(kvs)  # copies: the store's objects are never modified
+        if r.keys_only:
+            for kv in resp.kvs:
+                kv.ClearField("value")
+        return resp
+
+    # ------------------------------------------------------------------ Put / DeleteRange
+
+    def _put(self, view: _View, p: rpc_pb2.PutRequest, resp: rpc_pb2.PutResponse, in_txn: bool) -> rpc_pb2.PutResponse:
+        """applierV3backend.Put. Inside a txn the lease and ignore_* checks already ran on the pre-txn state."""
+        lease = p.lease
+        if not in_txn and lease != 0 and not self._lease_exists(lease):
+            raise errors.ErrLeaseNotFound()
+        prev: kv_pb2.KeyValue | None = None
+        if p.ignore_value or p.ignore_lease or p.prev_kv:
+            kvs = view.range(p.key, None).kvs
+            prev = kvs[0] if kvs else None
+        value = p.value
+        if p.ignore_value or p.ignore_lease:
+            if prev is None:
+                # Inside a txn this can only happen when an earlier op of the same txn deleted
+                # the key through a from-key delete (range_end "\0"), which the duplicate-key check
+                # does not see. etcd panics; etcdpy fails the whole txn deterministically.
+                raise errors.ErrKeyNotFound()
+            if p.ignore_value:
+                value = prev.value
+            if p.ignore_lease:
+                lease = prev.lease
+        if p.prev_kv and prev is not None:
+            resp.prev_kv.CopyFrom(prev)
+        view.writer().put(p.key, value, lease)
+        resp.header.revision = view.rev
+        return resp
+
+    def _delete_range(
+        self, view: _View, dr: rpc_pb2.DeleteRangeRequest, resp: rpc_pb2.DeleteRangeResponse
+    ) -> rpc_pb2.DeleteRangeResponse:
+        """applierV3backend.DeleteRange: prev_kvs are the keys as they were in this write just before deleting."""
+        deleted, prev_kvs = view.writer().delete_range(dr.key, dr.range_end or None)
+        resp.deleted = deleted
+        if dr.prev_kv:
+            resp.prev_kvs.extend(prev_kvs)
+        resp.header.revision = view.rev
+        return resp
+
+    # ------------------------------------------------------------------ Txn
+
+    def _txn(self, view: _View, rt: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
+        """applierV3backend.Txn: compares, then checks, then ops — all on the path the compares chose."""
+        path = self._compare_to_path(view, rt)
+        ops = list(_ops_on_path(rt, iter(path)))
+        for op in ops:
+            if op.WhichOneof("request") == "request_put":
+                self._check_put(view, op.request_put)
+        for op in ops:
+            if op.WhichOneof("request") == "request_range":
+                self._check_range(view, op.request_range)
+        resp = self._exec_txn(view, rt, iter(path))
+        resp.header.revision = view.rev
+        return resp
+
+    def _compare_to_path(self, view: _View, rt: rpc_pb2.TxnRequest) -> list[bool]:
+        """compareToPath: each txn's outcome, pre-order over the branches taken, all on the pre-txn state."""
+        ok = all(self._apply_compare(view, c) for c in rt.compare)
+        path = [ok]
+        for op in rt.success if ok else rt.failure:
+            if op.WhichOneof("request") == "request_txn":
+                path.extend(self._compare_to_path(view, op.request_txn))
+        return path
+
+    def _apply_compare(self, view: _View, c: rpc_pb2.Compare) -> bool:
+        """applyCompare: every key in [key, range_end) must satisfy it; none present = a zero KeyValue."""
+        try:
+            kvs = view.range(c.key, c.range_end or None).kvs
+        except errors.EtcdError:
+            return False
+        if not kvs:
+            if c.target == _CMP.VALUE:
+                return False  # a missing value cannot equal anything, not even b""
+            return compare_kv(c, kv_pb2.KeyValue())
+        return all(compare_kv(c, kv) for kv in kvs)
+
+    def _check_put(self, view: _View, p: rpc_pb2.PutRequest) -> None:
+        """checkRequestPut: ignore_* need an existing key, then the lease must exist."""
+        if p.ignore_value or p.ignore_lease:
+            if not view.range(p.key, None).kvs:
+                raise errors.ErrKeyNotFound()
+        if p.lease != 0 and not self._lease_exists(p.lease):
+            raise errors.ErrLeaseNotFound()
+
+    def _check_range(self, view: _View, r: rpc_pb2.RangeRequest) -> None:
+        """checkRequestRange: refuse the whole txn up front rather than fail half-way."""
+        if r.revision == 0:
+            return
+        if r.revision > view.begin:
+            raise errors.ErrFutureRev()
+        if r.revision < self._first_rev():
+            raise errors.ErrCompacted()
+
+    def _first_rev(self) -> int:
+        """etcd's ReadView.FirstRev: the compaction revision, -1 before any compaction.
+
+        So a txn range at revision -1 passes until the first compaction and -2 never does, as in etcd.
+        """
+        return self.store.compact_rev
+
+    def _exec_txn(self, view: _View, rt: rpc_pb2.TxnRequest, path: Iterator[bool]) -> rpc_pb2.TxnResponse:
+        """applyTxn: run the ops of the branch taken; nested txns consume the path in the same pre-order."""
+        resp = rpc_pb2.TxnResponse(succeeded=next(path))
+        resp.header.SetInParent()  # nested txns answer with an empty header, as etcd does
+        for op in rt.success if resp.succeeded else rt.failure:
+            out = resp.responses.add()
+            kind = op.WhichOneof("request")
+            if kind == "request_range":
+                self._range(view, op.request_range, out.response_range)
+            elif kind == "request_put":
+                self._put(view, op.request_put, out.response_put, in_txn=True)
+            elif kind == "request_delete_range":
+                self._delete_range(view, op.request_delete_range, out.response_delete_range)
+            elif kind == "request_txn":
+                out.response_txn.CopyFrom(self._exec_txn(view, op.request_txn, path))
+        return resp
+
+    def _lease_exists(self, lease_id: int) -> bool:
+        return self.lessor is not None and self.lessor.lookup(lease_id) is not None
+
+
+# ---------------------------------------------------------------------- pure helpers
+
+
+def is_txn_read_only(rt: rpc_pb2.TxnRequest) -> bool:
+    """isTxnReadonly: only ranges in both branches (a nested txn counts as a write)."""
+    return all(op.WhichOneof("request") == "request_range" for op in (*rt.success, *rt.failure))
+
+
+def _ops_on_path(rt: rpc_pb2.TxnRequest, path: Iterator[bool]) -> Iterator[rpc_pb2.RequestOp]:
+    """The non-txn ops that will run, in execution order, following `path` into nested txns."""
+    for op in rt.success if next(path) else rt.failure:
+        if op.WhichOneof("request") == "request_txn":
+            yield from _ops_on_path(op.request_txn, path)
+        else:
+            yield op
+
+
+def compare_kv(c: rpc_pb2.Compare, kv: kv_pb2.KeyValue) -> bool:
+    """compareKV: compare one field of `kv` with the compare's operand.
+
+    The operand is read from target_union only if it matches the target;
+    otherwise it is zero (or b""), like etcd. An unknown target compares equal
+    and an unknown result passes, again like etcd.
+    """
+    target = c.target
+    given = c.WhichOneof("target_union")
+    result = 0
+    if target == _CMP.VALUE:
+        result = _cmp(kv.value, c.value if given == "value" else b"")
+    elif target == _CMP.CREATE:
+        result = _cmp(kv.create_revision, c.create_revision if given == "create_revision" else 0)
+    elif target == _CMP.MOD:
+        result = _cmp(kv.mod_revision, c.mod_revision if given == "mod_revision" else 0)
+    elif target == _CMP.VERSION:
+        result = _cmp(kv.version, c.version if given == "version" else 0)
+    elif target == _CMP.LEASE:
+        result = _cmp(kv.lease, c.lease if given == "lease" else 0)
+    if c.result == _CMP.EQUAL:
+        return result == 0
+    if c.result == _CMP.NOT_EQUAL:
+        return result != 0
+    if c.result == _CMP.GREATER:
+        return result > 0
+    if c.result == _CMP.LESS:
+        return result < 0
+    return True
+
+
+def _cmp(a: Any, b: Any) -> int:
+    return (a > b) - (a < b)
+
+
+def _fetch_limit(r: rpc_pb2.RangeRequest) -> int:
+    """How many keys to ask the store for: all when sorting or filtering, else limit+1 to learn `more`."""
+    if (
+        r.sort_order != _RR.NONE
+        or r.min_mod_revision
+        or r.max_mod_revision
+        or r.min_create_revision
+        or r.max_create_revision
+    ):
+        return 0
+    return r.limit + 1 if r.limit > 0 else 0
+
+
+def _prune(kvs: list[kv_pb2.KeyValue], r: rpc_pb2.RangeRequest) -> list[kv_pb2.KeyValue]:
+    """The min/max mod/create revision filters; 0 means "no bound" for each."""
+    if r.max_mod_revision:
+        kvs = [kv for kv in kvs if kv.mod_revision <= r.max_mod_revision]
+    if r.min_mod_revision:
+        kvs = [kv for kv in kvs if kv.mod_revision >= r.min_mod_revision]
+    if r.max_create_revision:
+        kvs = [kv for kv in kvs if kv.create_revision <= r.max_create_revision]
+    if r.min_create_revision:
+        kvs = [kv for kv in kvs if kv.create_revision >= r.min_create_revision]
+    return kvs
+
+
+_SORT_FIELDS: dict[int, Callable[[kv_pb2.KeyValue], Any]] = {
+    _RR.KEY: lambda kv: kv.key,
+    _RR.VERSION: lambda kv: kv.version,
+    _RR.CREATE: lambda kv: kv.create_revision,
+    _RR.MOD: lambda kv: kv.mod_revision,
+    _RR.VALUE: lambda kv: kv.value,
+}
+
+
+def sort_kvs(kvs: Sequence[kv_pb2.KeyValue], target: int, order: int) -> list[kv_pb2.KeyValue]:
+    """Order `kvs` exactly as etcd's sort.Sort does, including the order of ties.
+
+    Go's sort.Sort is not stable, so for equal sort fields etcd's order is that of
+    Go's pdqsort. When the fields are all distinct there is only one answer, and
+    with 12 or fewer items Go uses insertion sort, which is stable; both cases use
+    Python's sort. Otherwise the port of Go's algorithm reproduces etcd's order.
+    Unknown targets/orders leave the input order (validation refuses them).
+    """
+    key_of = _SORT_FIELDS.get(target)
+    if key_of is None or order not in (_RR.ASCEND, _RR.DESCEND):
+        return list(kvs)
+    keys = [key_of(kv) for kv in kvs]
+    descending = order == _RR.DESCEND
+    if len(keys) <= _GO_MAX_INSERTION or len(set(keys)) == len(keys):
+        idx = sorted(range(len(keys)), key=keys.__getitem__, reverse=descending)
+        return [kvs[i] for i in idx]
+    items = list(kvs)
+    _GoSort(keys, items, descending).sort()
+    return items
+
+
+# ---------------------------------------------------------------------- Go's sort.Sort
+
+_GO_MAX_INSERTION = 12
+_U64 = (1 << 64) - 1
+_UNKNOWN_HINT, _INCREASING_HINT, _DECREASING_HINT = 0, 1, 2
+
+
+class _GoSort:
+    """A line-by-line port of Go's sort.Sort (pattern-defeating quicksort, Go >= 1.19).
+
+    Only the order of equal elements depends on it, but that order is visible to
+    clients (sort by VERSION, VALUE, ... over more than 12 keys), so etcdpy
+    reproduces it. `keys` and `items` are permuted together; DESCEND is Go's
+    sort.Reverse, i.e. Less(i, j) = Less(j, i).
+    """
+
+    def __init__(self, keys: list[Any], items: list[Any], descending: bool) -> None:
+        self.keys = keys
+        self.items = items
+        self.descending = descending
+
+    def less(self, i: int, j: int) -> bool:
+        if self.descending:
+            return self.keys[j] < self.keys[i]
+        return self.keys[i] < self.keys[j]
+
+    def swap(self, i: int, j: int) -> None:
+        k, it = self.keys, self.items
+        k[i], k[j] = k[j], k[i]
+        it[i], it[j] = it[j], it[i]
+
+    def sort(self) -> None:
+        n = len(self.keys)
+        if n > 1:
+            self.pdqsort(0, n, n.bit_length())
+
+    def insertion_sort(self, a: int, b: int) -> None:
+        for i in range(a + 1, b):
+            j = i
+            while j > a and self.less(j, j - 1):
+                self.swap(j, j - 1)
+                j -= 1
+
+    def sift_down(self, lo: int, hi: int, first: int) -> None:
+        root = lo
+        while True:
+            child = 2 * root + 1
+            if child >= hi:
+                return
+            if child + 1 < hi and self.less(first + child, first + child + 1):
+                child += 1
+            if not self.less(first + root, first + child):
+                return
+            self.swap(first + root, first + child)
+            root = child
+
+    def heap_sort(self, a: int, b: int) -> None:
+        first, lo, hi = a, 0, b - a
+        for i in range((hi - 1) // 2, -1, -1):
+            self.sift_down(i, hi, first)
+        for i in range(hi - 1, -1, -1):
+            self.swap(first, first + i)
+            self.sift_down(lo, i, first)
+
+    def pdqsort(self, a: int, b: int, limit: int) -> None:
+        was_balanced = True
+        was_partitioned = True
+        while True:
+            length = b - a
+            if length <= _GO_MAX_INSERTION:
+                self.insertion_sort(a, b)
+                return
+            if limit == 0:
+                self.heap_sort(a, b)
+                return
+            if not was_balanced:
+                self.break_patterns(a, b)
+                limit -= 1
+            pivot, hint = self.choose_pivot(a, b)
+            if hint == _DECREASING_HINT:
+                self.reverse_range(a, b)
+                pivot = (b - 1) - (pivot - a)
+                hint = _INCREASING_HINT
+            if was_balanced and was_partitioned and hint == _INCREASING_HINT:
+                if self.partial_insertion_sort(a, b):
+                    return
+            if a > 0 and not self.less(a - 1, pivot):
+                a = self.partition_equal(a, b, pivot)
+                continue
+            mid, already = self.partition(a, b, pivot)
+            was_partitioned = already
+            left_len, right_len = mid - a, b - mid
+            balance_threshold = length // 8
+            if left_len < right_len:
+                was_balanced = left_len >= balance_threshold
+                self.pdqsort(a, mid, limit)
+                a = mid + 1
+            else:
+                was_balanced = right_len >= balance_threshold
+                self.pdqsort(mid + 1, b, limit)
+                b = mid
+
+    def partition(self, a: int, b: int, pivot: int) -> tuple[int, bool]:
+        self.swap(a, pivot)
+        i, j = a + 1, b - 1
+        while i <= j and self.less(i, a):
+            i += 1
+        while i <= j and not self.less(j, a):
+            j -= 1
+        if i > j:
+            self.swap(j, a)
+            return j, True
+        self.swap(i, j)
+        i += 1
+        j -= 1
+        while True:
+            while i <= j and self.less(i, a):
+                i += 1
+            while i <= j and not self.less(j, a):
+                j -= 1
+            if i > j:
+                break
+            self.swap(i, j)
+            i += 1
+            j -= 1
+        self.swap(j, a)
+        return j, False
+
+    def partition_equal(self, a: int, b: int, pivot: int) -> int:
+        self.swap(a, pivot)
+        i, j = a + 1, b - 1
+        while True:
+            while i <= j and not self.less(a, i):
+                i += 1
+            while i <= j and self.less(a, j):
+                j -= 1
+            if i > j:
+                break
+            self.swap(i, j)
+            i += 1
+            j -= 1
+        return i
+
+    def partial_insertion_sort(self, a: int, b: int) -> bool:
+        max_steps, shortest_shifting = 5, 50
+        i = a + 1
+        for _ in range(max_steps):
+            while i < b and not self.less(i, i - 1):
+                i += 1
+            if i == b:
+                return True
+            if b - a < shortest_shifting:
+                return False
+            self.swap(i, i - 1)
+            if i - a >= 2:  # shift the smaller one to the left (Go's loop bound is 1, not a)
+                j = i - 1
+                while j >= 1:
+                    if not self.less(j, j - 1):
+                        break
+                    self.swap(j, j - 1)
+                    j -= 1
+            if b - i >= 2:  # shift the greater one to the right
+                j = i + 1
+                while j < b:
+                    if not self.less(j, j - 1):
+                        break
+                    self.swap(j, j - 1)
+                    j += 1
+        return False
+
+    def break_patterns(self, a: int, b: int) -> None:
+        length = b - a
+        if length >= 8:
+            state = length  # xorshift seeded with the length: deterministic
+            modulus = 1 << length.bit_length()
+            idx = a + (length // 4) * 2 - 1
+            while idx <= a + (length // 4) * 2 + 1:
+                state ^= (state << 13) & _U64
+                state ^= state >> 17
+                state ^= (state << 5) & _U64
+                other = state & (modulus - 1)
+                if other >= length:
+                    other -= length
+                self.swap(idx, a + other)
+                idx += 1
+
+    def choose_pivot(self, a: int, b: int) -> tuple[int, int]:
+        shortest_ninther, max_swaps = 50, 4 * 3
+        n = b - a
+        swaps = [0]
+        i = a + n // 4 * 1
+        j = a + n // 4 * 2
+        k = a + n // 4 * 3
+        if n >= 8:
+            if n >= shortest_ninther:
+                i = self.median(i - 1, i, i + 1, swaps)
+                j = self.median(j - 1, j, j + 1, swaps)
+                k = self.median(k - 1, k, k + 1, swaps)
+            j = self.median(i, j, k, swaps)
+        if swaps[0] == 0:
+            return j, _INCREASING_HINT
+        if swaps[0] == max_swaps:
+            return j, _DECREASING_HINT
+        return j, _UNKNOWN_HINT
+
+    def order2(self, a: int, b: int, swaps: list[int]) -> tuple[int, int]:
+        if self.less(b, a):
+            swaps[0] += 1
+            return b, a
+        return a, b
+
+    def median(self, a: int, b: int, c: int, swaps: list[int]) -> int:
+        a, b = self.order2(a, b, swaps)
+        b, c = self.order2(b, c, swaps)
+        a, b = self.order2(a, b, swaps)
+        return b
+
+    def reverse_range(self, a: int, b: int) -> None:
+        i, j = a, b - 1
+        while i < j:
+            self.swap(i, j)
+            i += 1
+            j -= 1
