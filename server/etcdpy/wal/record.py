@@ -199,6 +199,8 @@ def scan_segment(buf: bytes, prev_crc: int | None, *, last: bool, path: str) -> 
             if last and _has_zero_sector(buf, start, end):
                 return SegmentScan(records, off, crc, True)
             raise WalCorruptError("record CRC mismatch", path, off)
+        if pad and buf[end:nxt] != _ZEROS[pad]:
+            raise WalCorruptError("non-zero record padding", path, end)
         crc = rcrc
         records.append((rtype, start, end))
         off = nxt
