@@ -246,7 +246,7 @@ def _assert_recovers(d: Path, kept: list[Entry], state: HardState) -> None:
     assert meta == META and got_state == state and entries == kept
     w.save(HardState(1, 1, 31), [Entry(term=1, index=31, data=b"after-repair")])
     w.close()
-    _, got_state, entries = read_back(d)
+    _, got_state, entries = read_back(d, preallocate=False)
     assert entries == kept + [Entry(term=1, index=31, data=b"after-repair")]
     assert got_state == HardState(1, 1, 31)
 
