@@ -5,11 +5,15 @@ We keep them in a single RocksDB column family, each bucket being a key prefix:
 
     RocksDB key = <bucket name, ASCII> + b"\\x00" + <key inside the bucket>
 
-One column family (instead of one per bucket) keeps three things trivial: a
-write batch spanning buckets is one atomic RocksDB write; one RocksDB snapshot
-is a consistent view of every bucket (what `snapshot_to` needs); and closing
-the DB releases everything (rocksdict keeps a DB open while any column family
-handle lives). Bucket names must not contain NUL.
+One column family (instead of one per bucket) keeps things simple: a write
+batch spanning buckets is one atomic RocksDB write, and closing the DB releases
+everything (rocksdict keeps a DB open while any column family handle lives).
+Bucket names must not contain NUL.
+
+Snapshots (`open_snapshot`) are RocksDB checkpoints in a sibling directory
+`<path>.checkpoint-<pid>-<n>` (hard links, so cheap), read back read-only and
+serialized in the format below; they are removed when the stream is closed, and
+stale ones of other processes when a Backend opens.
 
 Writes are never synced: the Raft WAL is the durability log, and RocksDB's own
 WAL (left on) makes every completed write survive a process crash. A synced
@@ -41,7 +45,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
 from rocksdict import (
+    AccessType,
     BottommostLevelCompaction,
+    Checkpoint,
     CompactOptions,
     Options,
     ReadOptions,
@@ -75,6 +81,7 @@ _REC = struct.Struct(">II")
 _END_MARK = 0xFFFFFFFF
 _SHA_LEN = 32
 _RESTORE_BATCH_BYTES = 4 << 20
+_CHECKPOINT_INFIX = ".checkpoint-"
 
 
 class SnapshotError(Exception):
@@ -105,6 +112,15 @@ def _db_options() -> Options:
 def default_hash_ignore(bucket: str, key: bytes) -> bool:
     """etcd's DefaultIgnores: the consistent index/term change outside user control."""
     return bucket == BUCKET_META and key in (META_CONSISTENT_INDEX, META_CONSISTENT_TERM)
+
+
+def _remove_stale_checkpoints(path: str) -> None:
+    """Checkpoints left by a crashed process would pin old SST files forever."""
+    parent, base = os.path.split(os.path.abspath(path))
+    for name in os.listdir(parent):
+        rest = name[len(base + _CHECKPOINT_INFIX) :]
+        if name.startswith(base + _CHECKPOINT_INFIX) and not rest.startswith(f"{os.getpid()}-"):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
 class Batch:
@@ -152,6 +168,8 @@ class Backend:
         wo.sync = False  # never fsync here: see the module docstring
         wo.disable_wal = False
         self._db.set_write_options(wo)
+        self._checkpoint_seq = 0
+        _remove_stale_checkpoints(path)
 
     @property
     def path(self) -> str:
@@ -211,6 +229,9 @@ class Backend:
         return self._iterate_raw(lo, hi, len(p), reverse)
 
     def _iterate_raw(self, lo: bytes, hi: bytes, strip: int, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
+        # The bounds also go to RocksDB (so it can skip deleted entries), but the
+        # rocksdict version we use ignores the lower bound when iterating backwards,
+        # so both ends are checked here as well.
         if hi <= lo:
             return
         ro = ReadOptions()
@@ -218,12 +239,18 @@ class Backend:
         ro.set_iterate_upper_bound(hi)
         if not reverse:
             for k, v in self.db.items(from_key=lo, read_opt=ro):
+                if k >= hi:
+                    return
                 yield k[strip:], v
             return
         it = self.db.iter(ro)
         it.seek_to_last()
         while it.valid():
-            yield it.key()[strip:], it.value()
+            k = it.key()
+            if k < lo:
+                return
+            if k < hi:
+                yield k[strip:], it.value()
             it.prev()
 
     def last(self, bucket: str) -> tuple[bytes, bytes] | None:
@@ -277,8 +304,18 @@ class Backend:
     # -- snapshots ------------------------------------------------------------
 
     def open_snapshot(self) -> SnapshotStream:
-        """Freeze the current state now; the returned stream may be read on another thread."""
-        return SnapshotStream(self.db.snapshot())
+        """Freeze the current state now; the returned stream may be read on another thread.
+
+        Implemented as a RocksDB checkpoint (hard links to the SST files plus the WAL)
+        in a sibling directory, because rocksdict's Snapshot iterators do not read at
+        the snapshot. `SnapshotStream.close()` removes the checkpoint.
+        """
+        self._checkpoint_seq += 1
+        cp = f"{self._path}{_CHECKPOINT_INFIX}{os.getpid()}-{self._checkpoint_seq}"
+        if os.path.exists(cp):
+            shutil.rmtree(cp)
+        Checkpoint(self.db).create_checkpoint(cp)
+        return SnapshotStream(cp)
 
     def snapshot_to(self, dest: str | BinaryIO) -> int:
         """Write a snapshot file (format in the module docstring); returns bytes written."""
@@ -322,31 +359,21 @@ class Backend:
 
 
 class SnapshotStream:
-    """A frozen RocksDB view serialized in the snapshot file format, chunk by chunk."""
+    """A frozen copy (checkpoint) of the DB, serialized in the snapshot file format."""
 
-    def __init__(self, snap: object) -> None:
-        self._snap = snap
+    def __init__(self, checkpoint_dir: str) -> None:
+        self._dir: str | None = checkpoint_dir
 
     def chunks(self, chunk_size: int = 32 * 1024) -> Iterator[bytes]:
         """The file's bytes in chunks of about `chunk_size` (for Maintenance.Snapshot)."""
-        if self._snap is None:
+        if self._dir is None:
             raise RuntimeError("snapshot stream is closed")
-        h = hashlib.sha256()
-        buf = io.BytesIO()
-        buf.write(_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, 0))
-        for k, v in self._snap.items():  # type: ignore[attr-defined]
-            buf.write(_REC.pack(len(k), len(v)))
-            buf.write(k)
-            buf.write(v)
-            if buf.tell() >= chunk_size:
-                data = buf.getvalue()
-                h.update(data)
-                yield data
-                buf = io.BytesIO()
-        buf.write(_REC.pack(_END_MARK, 0))
-        data = buf.getvalue()
-        h.update(data)
-        yield data + h.digest()
+        db = Rdict(self._dir, Options(raw_mode=True), access_type=AccessType.read_only())
+        try:
+            yield from _serialize(db.items(), chunk_size)
+        finally:
+            db.close()
+            del db
 
     def write_to(self, f: BinaryIO) -> int:
         n = 0
@@ -356,8 +383,35 @@ class SnapshotStream:
         return n
 
     def close(self) -> None:
-        """Release the RocksDB snapshot (it pins old data and keeps the DB open)."""
-        self._snap = None
+        """Delete the checkpoint (it pins SST files that compaction would otherwise free)."""
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def __enter__(self) -> SnapshotStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _serialize(items: Iterable[tuple[bytes, bytes]], chunk_size: int) -> Iterator[bytes]:
+    h = hashlib.sha256()
+    buf = io.BytesIO()
+    buf.write(_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, 0))
+    for k, v in items:
+        buf.write(_REC.pack(len(k), len(v)))
+        buf.write(k)
+        buf.write(v)
+        if buf.tell() >= chunk_size:
+            data = buf.getvalue()
+            h.update(data)
+            yield data
+            buf = io.BytesIO()
+    buf.write(_REC.pack(_END_MARK, 0))
+    data = buf.getvalue()
+    h.update(data)
+    yield data + h.digest()
 
 
 class _HashingReader:
