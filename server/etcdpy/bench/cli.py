@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from etcdpy.bench.report import Report, filesystem_of, machine_info
-from etcdpy.bench.runner import BenchError, RunConfig, preload, preload_prefix, run_workload
+from etcdpy.bench.runner import Log, Measurement, RunConfig, preload, preload_prefix, run_workload
 from etcdpy.bench.targets import (
     DEFAULT_ETCD_BIN,
     LocalCluster,
@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serial", action="store_true", help="1 client, 1 request in flight: single-client latency")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per workload")
     p.add_argument("--requests", type=int, default=None, help="measure this many requests instead of a duration")
+    p.add_argument(
+        "--rounds", type=int, default=1, help="repeat each workload, alternating target order; rounds are pooled"
+    )
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each measurement")
     p.add_argument("--keyspace", type=int, default=10_000, help="number of distinct keys")
     p.add_argument("--value-size", type=int, default=256, help="bytes per value")
@@ -87,6 +90,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.clients, args.concurrency = 1, 1
     if min(args.clients, args.concurrency, args.keyspace) < 1 or args.value_size < 0:
         parser.error("--clients, --concurrency and --keyspace must be >= 1, --value-size >= 0")
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     if args.requests is not None and args.requests < 1:
         parser.error("--requests must be >= 1")
     if args.requests is None and args.duration <= 0:
@@ -126,61 +131,121 @@ def main(argv: list[str] | None = None) -> int:
     cfg = run_config(args)
     report = Report(machine=machine_info(etcd_binary_version(args.etcd_bin)), settings=_settings(args, cfg))
     if args.endpoints:
-        for target in external_targets(args.endpoints):
-            _bench_target(target, args, cfg, report, log)
+        targets = external_targets(args.endpoints)
     else:
-        for kind in args.targets:
-            cluster = LocalCluster(kind, args.members, args.etcd_bin, args.data_root, args.keep_data)
-            target = Target(name=kind, endpoints=[], cluster=cluster)
-            try:
-                log(f"{kind}: starting {args.members} member(s)")
-                cluster.start()
-                target.endpoints = cluster.endpoints
-                _bench_target(target, args, cfg, report, log)
-            except (OSError, TargetError) as exc:
-                report.failures[kind] = str(exc)
-                log(f"{kind}: FAILED: {exc}")
-            finally:
-                cluster.stop()
-                if args.keep_data and cluster.root is not None:
-                    log(f"{kind}: data and logs kept in {cluster.root}")
+        targets = [
+            Target(kind, [], LocalCluster(kind, args.members, args.etcd_bin, args.data_root, args.keep_data))
+            for kind in args.targets
+        ]
+    try:
+        live = _bring_up(targets, args, report, log)
+        _run_all(live, args, cfg, report, log)
+    finally:
+        for target in targets:
+            _tear_down(target, args, log)
     report.machine["load_avg_end"] = list(os.getloadavg())
     _emit(report, args)
     return 1 if report.failures else 0
 
 
-def _bench_target(target: Target, args: argparse.Namespace, cfg: RunConfig, report: Report, log) -> None:
-    """Wait for the target, then run every workload; a failing workload does not stop the rest."""
-    wait_ready(target)
-    target.version = server_version(target.endpoints[0])
-    report.targets[target.name] = {
-        "endpoints": target.endpoints,
-        "version": target.version,
-        "started": target.cluster is not None,
-        "data_fs": filesystem_of(args.data_root or tempfile.gettempdir()) if target.cluster else "",
-    }
-    loaded: set[bytes] = set()
-    for workload in args.workloads:
+def _bring_up(targets: list[Target], args: argparse.Namespace, report: Report, log: Log) -> list[Target]:
+    """Start every local target (all at once: startup overlaps), then wait for each.
+
+    All targets stay up for the whole run so that measurements of the same workload on
+    different targets can be taken back to back, under the same background load.
+    """
+    starting = []
+    for target in targets:
+        if target.cluster is None:
+            starting.append(target)
+            continue
+        log(f"{target.name}: starting {args.members} member(s)")
         try:
-            prefix = preload_prefix(workload)
-            if workload in PRELOADED and prefix not in loaded:
-                log(f"  {target.name}: preloading {cfg.keyspace} keys")
-                preload(target, prefix, cfg)
-                loaded.add(prefix)
-            summary = run_workload(target, workload, cfg, log)
-        except (BenchError, TargetError) as exc:
-            report.failures[f"{target.name}/{workload}"] = str(exc)
-            log(f"  {target.name} {workload}: FAILED: {exc}")
+            target.cluster.start()
+        except (OSError, TargetError) as exc:
+            _fail(report, target.name, str(exc), log)
             continue
-        except Exception as exc:  # noqa: BLE001 - e.g. a gRPC error during preload
-            report.failures[f"{target.name}/{workload}"] = f"{type(exc).__name__}: {exc}"
-            log(f"  {target.name} {workload}: FAILED: {type(exc).__name__}: {exc}")
+        target.endpoints = target.cluster.endpoints
+        starting.append(target)
+    live = []
+    for target in starting:
+        try:
+            wait_ready(target)
+        except (OSError, TargetError) as exc:
+            _fail(report, target.name, str(exc), log)
             continue
-        report.results.append(summary)
-        log(
-            f"  {target.name} {workload}: {summary.ops_per_s:,.0f} ops/s, "
-            f"p50 {summary.p50_ms:.2f} ms, p99 {summary.p99_ms:.2f} ms, {summary.errors} errors"
-        )
+        target.version = server_version(target.endpoints[0])
+        report.targets[target.name] = {
+            "endpoints": target.endpoints,
+            "version": target.version,
+            "started": target.cluster is not None,
+            "data_fs": filesystem_of(args.data_root or tempfile.gettempdir()) if target.cluster else "",
+        }
+        live.append(target)
+    return live
+
+
+def _run_all(live: list[Target], args: argparse.Namespace, cfg: RunConfig, report: Report, log: Log) -> None:
+    """Workload by workload, round by round, alternate the target order and pool rounds.
+
+    Alternating (etcd, etcdpy), (etcdpy, etcd), ... cancels the drift of the machine's
+    background load between the two; a failure stops only that target or workload.
+    """
+    loaded: dict[str, set[bytes]] = {t.name: set() for t in live}
+    for workload in args.workloads:
+        pooled: dict[str, Measurement] = {}
+        for rnd in range(args.rounds):
+            for target in live if rnd % 2 == 0 else live[::-1]:
+                if target.name in report.failures or f"{target.name}/{workload}" in report.failures:
+                    continue
+                measured = _run_once(target, workload, cfg, loaded[target.name], report, log)
+                if measured is not None:
+                    pooled.setdefault(target.name, Measurement()).add(measured)
+        for target in live:
+            failed = target.name in report.failures or f"{target.name}/{workload}" in report.failures
+            if target.name in pooled and not failed:
+                report.results.append(pooled[target.name].summary(workload, target.name))
+
+
+def _run_once(
+    target: Target, workload: str, cfg: RunConfig, loaded: set[bytes], report: Report, log: Log
+) -> Measurement | None:
+    """One round of one workload on one target; None (and a recorded failure) if it broke."""
+    try:
+        prefix = preload_prefix(workload)
+        if workload in PRELOADED and prefix not in loaded:
+            log(f"  {target.name}: preloading {cfg.keyspace} keys")
+            preload(target, prefix, cfg)
+            loaded.add(prefix)
+        measured = run_workload(target, workload, cfg, log)
+        if target.cluster is not None:
+            target.cluster.check_alive()
+    except TargetError as exc:
+        _fail(report, target.name, str(exc), log)
+        return None
+    except Exception as exc:  # noqa: BLE001 - BenchError, or e.g. a gRPC error during preload
+        _fail(report, f"{target.name}/{workload}", f"{type(exc).__name__}: {exc}", log)
+        return None
+    s = measured.summary(workload, target.name)
+    log(
+        f"  {target.name} {workload}: {s.ops_per_s:,.0f} ops/s, p50 {s.p50_ms:.2f} ms, "
+        f"p99 {s.p99_ms:.2f} ms, {s.errors} errors"
+    )
+    return measured
+
+
+def _fail(report: Report, key: str, reason: str, log: Log) -> None:
+    report.failures[key] = reason
+    log(f"{key}: FAILED: {reason}")
+
+
+def _tear_down(target: Target, args: argparse.Namespace, log: Log) -> None:
+    """Stop what we started; say where the logs are if they were kept."""
+    if target.cluster is None:
+        return
+    target.cluster.stop()
+    if args.keep_data and target.cluster.root is not None:
+        log(f"{target.name}: data and logs kept in {target.cluster.root}")
 
 
 def _settings(args: argparse.Namespace, cfg: RunConfig) -> dict[str, object]:
@@ -189,6 +254,7 @@ def _settings(args: argparse.Namespace, cfg: RunConfig) -> dict[str, object]:
         workloads=args.workloads,
         members=args.members,
         serial=args.serial,
+        rounds=args.rounds,
         targets=[t.name for t in external_targets(args.endpoints)] if args.endpoints else args.targets,
         etcd_bin=args.etcd_bin,
     )

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from etcdpy.bench.workloads import KEY_PREFIX, KeyChooser, Op, make_op
+from etcdpy.bench.workloads import KEY_PREFIX, KeyChooser, Op, TxnCache, make_op
 
 READY_TIMEOUT_S = 60.0
 """How long a worker waits for the parent's go signal before giving up."""
@@ -91,7 +91,11 @@ async def _run(spec: WorkerSpec, ready: Any, go: Any) -> WorkerResult:
     try:
         for channel in channels:
             await asyncio.wait_for(channel.channel_ready(), timeout=spec.timeout_s)
-        ops = _make_ops(spec, [rpc_pb2_grpc.KVStub(c) for c in channels], rpc_pb2)
+        stubs = [rpc_pb2_grpc.KVStub(c) for c in channels]
+        cache = TxnCache()
+        if spec.workload == "txn":
+            await _load_revisions(stubs[0], rpc_pb2, KEY_PREFIX[spec.workload], cache.revisions, spec.timeout_s)
+        ops = _make_ops(spec, stubs, rpc_pb2, cache)
         ready.put(spec.index)
         if not await asyncio.to_thread(go.wait, READY_TIMEOUT_S):
             raise TimeoutError("parent never said go")
@@ -108,16 +112,27 @@ async def _run(spec: WorkerSpec, ready: Any, go: Any) -> WorkerResult:
             await channel.close()
 
 
-def _make_ops(spec: WorkerSpec, stubs: list[Any], pb: Any) -> list[Op]:
+async def _load_revisions(stub: Any, pb: Any, prefix: bytes, out: dict[bytes, int], timeout_s: float) -> None:
+    """Fill the mod-revision cache from the server, as kube-apiserver's watch cache is.
+
+    Without it every key left by an earlier round would cost one failed compare
+    before its first real write, and the run would measure conflicts, not writes.
+    """
+    end = prefix[:-1] + bytes([prefix[-1] + 1])
+    resp = await stub.Range(pb.RangeRequest(key=prefix, range_end=end, keys_only=True), timeout=timeout_s)
+    for kv in resp.kvs:
+        out[kv.key] = kv.mod_revision
+
+
+def _make_ops(spec: WorkerSpec, stubs: list[Any], pb: Any, cache: TxnCache) -> list[Op]:
     """One op per in-flight slot; slots are spread over the endpoints round-robin."""
     workers = spec.clients if spec.workload == "txn" else 1
     chooser = KeyChooser(KEY_PREFIX[spec.workload], spec.keyspace, spec.index % workers, workers)
     value = random.Random(spec.seed).randbytes(spec.value_size)
-    revisions: dict[bytes, int] = {}
     ops = []
     for slot in range(spec.concurrency):
         stub = stubs[(spec.index * spec.concurrency + slot) % len(stubs)]
-        ops.append(make_op(spec.workload, stub, pb, chooser, value, spec.timeout_s, revisions))
+        ops.append(make_op(spec.workload, stub, pb, chooser, value, spec.timeout_s, cache))
     return ops
 
 

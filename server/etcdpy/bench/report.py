@@ -80,6 +80,12 @@ class Report:
         workloads = _workloads(self.results)
         for workload in workloads:
             lines += ["", *_table(workload, [r for r in self.results if r.workload == workload], ratios)]
+        spread = [r for r in self.results if len(r.rounds_ops_per_s) > 1]
+        if spread:
+            lines += ["", "Per-round ops/s (the spread is the noise floor of this machine):"]
+            lines += [
+                f"- {r.workload} / {r.target}: " + ", ".join(f"{x:,.0f}" for x in r.rounds_ops_per_s) for r in spread
+            ]
         notes = [r for r in self.results if r.errors]
         if notes:
             lines += ["", "Errors:"]
@@ -129,6 +135,10 @@ def _settings_lines(s: dict[str, Any], targets: dict[str, dict[str, Any]]) -> li
         f"{s['clients']} client processes x {s['concurrency']} in flight, {amount} "
         f"after {s['warmup_s']:g} s warm-up; keyspace {s['keyspace']}, values {s['value_size']} B"
     )
+    if s.get("serial"):
+        load += " (serial: single-client latency)"
+    if s.get("rounds", 1) > 1:
+        load += f"; {s['rounds']} rounds per workload, target order alternating, rounds pooled"
     where = "; ".join(
         f"{name}: {len(t.get('endpoints', []))} member(s){' (' + t['version'] + ')' if t.get('version') else ''}"
         f"{', data on ' + t['data_fs'] if t.get('data_fs') else ''}"

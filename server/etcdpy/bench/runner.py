@@ -13,7 +13,7 @@ import queue
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from etcdpy.bench.client import WorkerResult, WorkerSpec, worker_main
@@ -51,8 +51,51 @@ class RunConfig:
 Log = Callable[[str], None]
 
 
-def run_workload(target: Target, workload: str, cfg: RunConfig, log: Log) -> Summary:
-    """Measure `workload` against `target` and summarize the merged client results."""
+@dataclass
+class Measurement:
+    """Raw outcome of one or more runs of one workload on one target.
+
+    Kept raw (every latency) rather than summarized so that several rounds can be
+    pooled into one honest set of percentiles.
+    """
+
+    latencies: list[float] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    errors: Counter[str] = field(default_factory=Counter)
+    error_sample: str = ""
+    conflicts: int = 0
+    loads: list[tuple[float, float, float]] = field(default_factory=list)
+    round_ops_per_s: list[float] = field(default_factory=list)
+
+    def add(self, other: "Measurement") -> None:
+        """Pool another round into this one."""
+        self.latencies.extend(other.latencies)
+        self.elapsed_s += other.elapsed_s
+        self.errors.update(other.errors)
+        self.error_sample = self.error_sample or other.error_sample
+        self.conflicts += other.conflicts
+        self.loads.extend(other.loads)
+        self.round_ops_per_s.extend(other.round_ops_per_s)
+
+    def summary(self, workload: str, target: str) -> Summary:
+        """Percentiles over all pooled latencies; load is the mean of the rounds' loads."""
+        load = tuple(sum(x[i] for x in self.loads) / len(self.loads) for i in range(3)) if self.loads else (0.0,) * 3
+        out = summarize(
+            workload,
+            target,
+            self.latencies,
+            self.elapsed_s,
+            self.errors,
+            conflicts=self.conflicts,
+            error_sample=self.error_sample,
+            load_avg=load,  # type: ignore[arg-type]
+        )
+        out.rounds_ops_per_s = list(self.round_ops_per_s)
+        return out
+
+
+def run_workload(target: Target, workload: str, cfg: RunConfig, log: Log) -> Measurement:
+    """Measure `workload` against `target` once, merging the client processes' results."""
     ctx = multiprocessing.get_context("spawn")
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     procs = [
@@ -62,14 +105,14 @@ def run_workload(target: Target, workload: str, cfg: RunConfig, log: Log) -> Sum
     for proc in procs:
         proc.start()
     try:
-        _await_ready(ready, len(procs))
+        _await_ready(ready, procs)
         load = os.getloadavg()
         go.set()
         log(f"  {target.name} {workload}: running ({_shape(cfg)})")
         collected = _collect(results, len(procs), cfg)
     finally:
         _reap(procs)
-    return _merge(target.name, workload, collected, load)
+    return _merge(collected, load)
 
 
 def _specs(target: Target, workload: str, cfg: RunConfig) -> list[WorkerSpec]:
@@ -98,18 +141,23 @@ def _specs(target: Target, workload: str, cfg: RunConfig) -> list[WorkerSpec]:
     return specs
 
 
-def _await_ready(ready: multiprocessing.Queue, count: int) -> None:
-    """Wait for every client to connect, so no client measures while others start."""
+def _await_ready(ready: multiprocessing.Queue, procs: list[multiprocessing.process.BaseProcess]) -> None:
+    """Wait for every client to connect, so no client measures while others start.
+
+    A client that died before connecting (e.g. it could not import its parent's main
+    module, which spawn requires) fails the run at once instead of after the timeout.
+    """
     seen: set[int] = set()
     deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    while len(seen) < count:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise BenchError(f"only {len(seen)}/{count} clients connected in {SPAWN_TIMEOUT_S:.0f}s")
+    while len(seen) < len(procs):
+        if time.monotonic() > deadline:
+            raise BenchError(f"only {len(seen)}/{len(procs)} clients connected in {SPAWN_TIMEOUT_S:.0f}s")
         try:
-            seen.add(ready.get(timeout=left))
+            seen.add(ready.get(timeout=0.2))
         except queue.Empty:
-            continue
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                raise BenchError(f"client process exited with code {dead[0]} before connecting") from None
 
 
 def _collect(results: multiprocessing.Queue, count: int, cfg: RunConfig) -> list[WorkerResult]:
@@ -143,26 +191,17 @@ def _reap(procs: list[multiprocessing.process.BaseProcess]) -> None:
             proc.join(timeout=5.0)
 
 
-def _merge(target: str, workload: str, results: list[WorkerResult], load: tuple[float, float, float]) -> Summary:
+def _merge(results: list[WorkerResult], load: tuple[float, float, float]) -> Measurement:
     """Combine per-client results; the window is the slowest client's, to be conservative."""
-    latencies: list[float] = []
-    errors: Counter[str] = Counter()
-    sample = ""
+    out = Measurement(loads=[load])
     for r in results:
-        latencies.extend(r.latencies)
-        errors.update(r.errors)
-        sample = sample or r.error_sample
-    elapsed = max((r.elapsed_s for r in results), default=0.0)
-    return summarize(
-        workload,
-        target,
-        latencies,
-        elapsed,
-        errors,
-        conflicts=sum(r.conflicts for r in results),
-        error_sample=sample,
-        load_avg=load,
-    )
+        out.latencies.extend(r.latencies)
+        out.errors.update(r.errors)
+        out.error_sample = out.error_sample or r.error_sample
+        out.conflicts += r.conflicts
+    out.elapsed_s = max((r.elapsed_s for r in results), default=0.0)
+    out.round_ops_per_s.append(len(out.latencies) / out.elapsed_s if out.elapsed_s > 0 else 0.0)
+    return out
 
 
 def _shape(cfg: RunConfig) -> str:

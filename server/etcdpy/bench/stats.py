@@ -45,6 +45,8 @@ class Summary:
     error_sample: str = ""
     conflicts: int = 0
     load_avg: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    rounds_ops_per_s: list[float] = field(default_factory=list)
+    """Throughput of each round separately: the spread shows how noisy the machine was."""
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict; NaN becomes None because JSON has no NaN."""

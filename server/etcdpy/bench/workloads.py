@@ -7,7 +7,7 @@ thing across workloads: from handing the request to gRPC to having the decoded r
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 WORKLOADS: dict[str, str] = {
@@ -42,6 +42,14 @@ class OpResult:
     conflict: bool = False
 
 
+@dataclass
+class TxnCache:
+    """Per-process state of the txn workload, shared by its in-flight slots."""
+
+    revisions: dict[bytes, int] = field(default_factory=dict)
+    inflight: set[bytes] = field(default_factory=set)
+
+
 Op = Callable[[random.Random], Awaitable[OpResult]]
 """One operation: picks its key with the given RNG and awaits the call."""
 
@@ -73,19 +81,20 @@ def make_op(
     chooser: KeyChooser,
     value: bytes,
     timeout_s: float,
-    txn_revisions: dict[bytes, int],
+    txn_cache: TxnCache,
 ) -> Op:
     """Build the coroutine factory for one workload against one KV stub.
 
-    `txn_revisions` is the per-process cache of each key's last known mod revision;
-    the txn workload needs it the way kube-apiserver needs its watch cache.
+    `txn_cache` is shared by all slots of a process: each key's last known mod
+    revision (the txn workload needs it the way kube-apiserver needs its watch cache)
+    and the keys being written right now.
     """
     if workload == "put":
         return _put_op(stub, pb, chooser, value, timeout_s)
     if workload in ("range", "range-serializable"):
         return _range_op(stub, pb, chooser, timeout_s, workload == "range-serializable")
     if workload == "txn":
-        return _txn_op(stub, pb, chooser, value, timeout_s, txn_revisions)
+        return _txn_op(stub, pb, chooser, value, timeout_s, txn_cache)
     raise ValueError(f"unknown workload {workload!r}; known: {', '.join(WORKLOADS)}")
 
 
@@ -114,10 +123,12 @@ def _txn_op(
     chooser: KeyChooser,
     value: bytes,
     timeout_s: float,
-    revisions: dict[bytes, int],
+    cache: TxnCache,
 ) -> Op:
+    revisions, inflight = cache.revisions, cache.inflight
+
     async def op(rng: random.Random) -> OpResult:
-        key = chooser.pick(rng)
+        key = _pick_idle(chooser, rng, inflight)
         req = pb.TxnRequest(
             compare=[
                 pb.Compare(
@@ -130,7 +141,11 @@ def _txn_op(
             success=[pb.RequestOp(request_put=pb.PutRequest(key=key, value=value))],
             failure=[pb.RequestOp(request_range=pb.RangeRequest(key=key))],
         )
-        resp = await stub.Txn(req, timeout=timeout_s)
+        inflight.add(key)
+        try:
+            resp = await stub.Txn(req, timeout=timeout_s)
+        finally:
+            inflight.discard(key)
         if resp.succeeded:
             # The Put is the txn's only write, so the new mod revision is the header's.
             revisions[key] = resp.header.revision
@@ -140,6 +155,20 @@ def _txn_op(
         return OpResult(conflict=True)
 
     return op
+
+
+def _pick_idle(chooser: KeyChooser, rng: random.Random, inflight: set[bytes]) -> bytes:
+    """A key no other slot of this process is writing right now (a few tries at most).
+
+    Two slots racing on one key guarantee a failed compare, which measures the
+    client's key choice rather than the server; kube-apiserver rarely races itself.
+    """
+    key = chooser.pick(rng)
+    for _ in range(8):
+        if key not in inflight:
+            break
+        key = chooser.pick(rng)
+    return key
 
 
 class MissingKeyError(Exception):
