@@ -306,7 +306,8 @@ def _record_spans(path: Path) -> list[tuple[int, int, int]]:
     spans = []
     off = 0
     while off + rec.HEADER_SIZE <= len(buf) and buf[off : off + rec.HEADER_SIZE] != bytes(rec.HEADER_SIZE):
-        length, rtype, pad = buf[off] | buf[off + 1] << 8 | buf[off + 2] << 16 | buf[off + 3] << 24, buf[off + 4], buf[off + 5]
+        length = int.from_bytes(buf[off : off + 4], "little")
+        rtype, pad = buf[off + 4], buf[off + 5]
         end = off + rec.HEADER_SIZE + length + pad
         spans.append((off, end, rtype))
         off = end
@@ -606,7 +607,9 @@ def test_model_against_list(ops: list[tuple], preallocate: bool) -> None:
             for op in ops:
                 if op[0] == "save":
                     _, first, last, term, size = op
-                    batch = [Entry(term=term, index=i, data=bytes([i % 255 + 1]) * size) for i in range(first, last + 1)]
+                    batch = [
+                        Entry(term=term, index=i, data=bytes([i % 255 + 1]) * size) for i in range(first, last + 1)
+                    ]
                     w.save(None, batch)
                     if batch:
                         del model[first - 1 :]

@@ -29,7 +29,6 @@ from .errors import (
     SnapshotNotFoundError,
     WalCorruptError,
     WalEntryGapError,
-    WalError,
     WalExistsError,
     WalNotFoundError,
     WalStateError,
@@ -363,7 +362,8 @@ class WAL:
         except BaseException as exc:
             self._failure = exc
             raise
-        new = Segment(tail.seq + 1, self._enti + 1, os.path.join(self.dirpath, segment_name(tail.seq + 1, self._enti + 1)))
+        seq, index = tail.seq + 1, self._enti + 1
+        new = Segment(seq, index, os.path.join(self.dirpath, segment_name(seq, index)))
         tmp = os.path.join(self.dirpath, _CUT_TMP_NAME)
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -522,4 +522,4 @@ def _rename_dir(src: str, dst: str) -> None:
         raise
 
 
-__all__ = ["SEGMENT_SIZE", "WAL", "WalError", "WalSnapshot", "valid_snapshot_entries"]
+__all__ = ["SEGMENT_SIZE", "WAL", "WalSnapshot", "valid_snapshot_entries"]
