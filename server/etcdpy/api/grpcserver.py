@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import grpc
 
 from etcdpy.api.cluster import ClusterService
@@ -40,6 +42,7 @@ def build_grpc_server(server: EtcdServer) -> grpc.aio.Server:
         if scheme == "https":
             raise ListenError(f"TLS listener {url} needs --cert-file/--key-file (not supported yet)")
         addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        check_bindable(host, port)
         try:
             bound = g.add_insecure_port(addr)
         except RuntimeError as e:
@@ -47,3 +50,20 @@ def build_grpc_server(server: EtcdServer) -> grpc.aio.Server:
         if bound == 0:
             raise ListenError(f"listen tcp {addr}: bind: address already in use")
     return g
+
+
+def check_bindable(host: str, port: int) -> None:
+    """Fail with etcd's one-line message before gRPC's core logs its own multi-line complaint."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ListenError(f"listen tcp {host}:{port}: {e.strerror}") from e
+    for family, type_, proto, _, sockaddr in infos:
+        with socket.socket(family, type_, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(sockaddr)
+            except OSError as e:
+                if family == socket.AF_INET6 and e.errno == 99:  # no IPv6 on this host: gRPC skips it too
+                    continue
+                raise ListenError(f"listen tcp {host}:{port}: bind: {e.strerror.lower()}") from e

@@ -35,7 +35,7 @@ from etcdpy.raft.types import (
     SoftState,
     StateType,
 )
-from etcdpy.server.apply import Applier, ApplyResult
+from etcdpy.server.apply import Applier, ApplyResult, is_txn_read_only
 from etcdpy.server.idutil import IdGenerator
 from etcdpy.server.membership import (
     Member,
@@ -91,6 +91,7 @@ class EtcdServer:
         self.last_leader_change = time.monotonic()
         self.done = asyncio.Event()
         self.ready = asyncio.Event()
+        self._has_leader = asyncio.Event()
 
     # ------------------------------------------------------------------ start-up
 
@@ -125,10 +126,18 @@ class EtcdServer:
             asyncio.create_task(self.raft.run_ticker(), name="ticker"),
             asyncio.create_task(self._linearizable_read_loop(), name="read-index"),
         ]
-        if self._sole_voter():
-            # A one-voter cluster needs no election timeout to find out it wins.
-            self.raft.campaign()
+        self._tasks.append(asyncio.create_task(self._campaign_if_sole_voter(), name="campaign"))
         self._tasks.append(asyncio.create_task(self._publish(), name="publish"))
+
+    async def _campaign_if_sole_voter(self) -> None:
+        """A one-voter cluster needs no election timeout to find out it wins.
+
+        Raft refuses to campaign while committed conf changes are unapplied, so wait until the
+        log committed at start-up (the bootstrap members) has been applied first.
+        """
+        await self.applied_wait.wait(self.progress.committed_index or len(self.cfg.initial_cluster))
+        if self._sole_voter() and self.lead == NONE and self.raft is not None:
+            self.raft.campaign()
 
     async def _publish(self) -> None:
         """Record this member's name and client URLs in the cluster through the log (etcd's publish)."""
@@ -141,6 +150,7 @@ class EtcdServer:
             )
         )
         while not self._stopped:
+            await self._has_leader.wait()
             try:
                 await self.process_internal_raft_request(req)
                 self.ready.set()
@@ -389,6 +399,10 @@ class EtcdServer:
                 extra={"fields": {"leader": f"{ss.lead:x}", "state": StateType(ss.raft_state).name}},
             )
         self.lead = ss.lead
+        if ss.lead == NONE:
+            self._has_leader.clear()
+        else:
+            self._has_leader.set()
 
     def on_read_states(self, states: list[ReadState]) -> None:
         for rs in states:
@@ -480,7 +494,7 @@ class EtcdServer:
         async def snapshot() -> None:
             try:
                 assert self.raft is not None and self.kv is not None
-                await self.raft.create_snapshot(index, data, self.cfg.snapshot_catchup_entries, self.kv.flush)
+                await self.raft.create_snapshot(index, data, self.cfg.snapshot_catchup_entries, self._sync_backend)
                 self.progress.snapshot_index = index
             except Exception:
                 self.log.exception("snapshot failed")
@@ -489,6 +503,11 @@ class EtcdServer:
 
         # Runs inside the raft loop's pass, serialised with WAL writes by the single disk thread.
         self._tasks.append(asyncio.create_task(snapshot(), name="snapshot"))
+
+    def _sync_backend(self) -> None:
+        """Make every applied write durable in RocksDB (flushes memtables; blocking, for a worker thread)."""
+        assert self.kv is not None
+        self.kv.backend.db.flush(True)
 
     # ------------------------------------------------------------------ status and shutdown
 
@@ -501,12 +520,12 @@ class EtcdServer:
         assert self.kv is not None
         resp = rpc_pb2.StatusResponse(
             version=ETCD_VERSION,
-            dbSize=self.kv.db_size(),
+            dbSize=self.kv.size(),
             leader=self.lead,
             raftIndex=self.progress.committed_index,
             raftTerm=self.progress.term,
             raftAppliedIndex=self.progress.applied_index,
-            dbSizeInUse=self.kv.db_size_in_use(),
+            dbSizeInUse=self.kv.size_in_use(),
             isLearner=bool(self.cluster.get(self.member_id) and self.cluster.members[self.member_id].is_learner),
         )
         self.fill_header(resp.header)
@@ -520,7 +539,7 @@ class EtcdServer:
         if self.raft is not None:
             self.raft.stop()
         for t in self._tasks:
-            if t.get_name() in ("ticker", "read-index", "publish"):
+            if t.get_name() in ("ticker", "read-index", "publish", "campaign"):
                 t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.wait.fail_all(errors.ErrStopped())
@@ -532,16 +551,6 @@ class EtcdServer:
         if self.kv is not None:
             self.kv.close()
         self.done.set()
-
-
-def is_txn_read_only(req: rpc_pb2.TxnRequest) -> bool:
-    for op in list(req.success) + list(req.failure):
-        kind = op.WhichOneof("request")
-        if kind in ("request_put", "request_delete_range"):
-            return False
-        if kind == "request_txn" and not is_txn_read_only(op.request_txn):
-            return False
-    return True
 
 
 def is_txn_serializable(req: rpc_pb2.TxnRequest) -> bool:
