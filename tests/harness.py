@@ -25,6 +25,7 @@ held for the member's lifetime, across restarts.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import ctypes
@@ -436,16 +437,26 @@ def _kill_leftovers() -> None:
             member.kill(signal.SIGKILL)
 
 
-import atexit  # noqa: E402 - registration belongs next to the function it registers
-
 atexit.register(_kill_leftovers)
 
 
+try:
+    # Loaded in the parent: the preexec_fn below runs between fork and exec, where
+    # dlopen (or anything taking a lock another thread may hold) could deadlock.
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:  # pragma: no cover - non-glibc systems
+    _LIBC = None
+
+
 def _die_with_parent() -> None:
-    """preexec_fn: PR_SET_PDEATHSIG so a SIGKILLed pytest does not orphan servers."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    """preexec_fn: PR_SET_PDEATHSIG so a SIGKILLed pytest does not orphan servers.
+
+    Caveat (Linux semantics): the signal fires when the *thread* that spawned the
+    member exits, so spawn members from a thread that outlives them (pytest's main
+    thread), not from short-lived worker threads.
+    """
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
 
 
 class MemberStartError(RuntimeError):
