@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keyspace", type=int, default=10_000, help="number of distinct keys")
     p.add_argument("--value-size", type=int, default=256, help="bytes per value")
     p.add_argument("--timeout", type=float, default=10.0, help="per-request deadline in seconds")
+    p.add_argument(
+        "--ready-timeout", type=float, default=60.0, help="seconds a target gets to answer a linearizable Range"
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--etcd-bin", default=DEFAULT_ETCD_BIN)
     p.add_argument("--data-root", default=None, help="where temp data dirs go (default: system temp dir)")
@@ -164,15 +167,17 @@ def _bring_up(targets: list[Target], args: argparse.Namespace, report: Report, l
             target.cluster.start()
         except (OSError, TargetError) as exc:
             _fail(report, target.name, str(exc), log)
+            _tear_down(target, args, log)
             continue
         target.endpoints = target.cluster.endpoints
         starting.append(target)
     live = []
     for target in starting:
         try:
-            wait_ready(target)
+            wait_ready(target, args.ready_timeout)
         except (OSError, TargetError) as exc:
             _fail(report, target.name, str(exc), log)
+            _tear_down(target, args, log)  # stop now: it must not load the others' runs
             continue
         target.version = server_version(target.endpoints[0])
         report.targets[target.name] = {
@@ -222,6 +227,8 @@ def _run_once(
             target.cluster.check_alive()
     except TargetError as exc:
         _fail(report, target.name, str(exc), log)
+        if target.cluster is not None:
+            target.cluster.stop()
         return None
     except Exception as exc:  # noqa: BLE001 - BenchError, or e.g. a gRPC error during preload
         _fail(report, f"{target.name}/{workload}", f"{type(exc).__name__}: {exc}", log)
@@ -240,8 +247,8 @@ def _fail(report: Report, key: str, reason: str, log: Log) -> None:
 
 
 def _tear_down(target: Target, args: argparse.Namespace, log: Log) -> None:
-    """Stop what we started; say where the logs are if they were kept."""
-    if target.cluster is None:
+    """Stop what we started (once); say where the logs are if they were kept."""
+    if target.cluster is None or target.cluster.stopped:
         return
     target.cluster.stop()
     if args.keep_data and target.cluster.root is not None:

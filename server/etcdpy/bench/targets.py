@@ -129,6 +129,7 @@ class LocalCluster:
     keep_data: bool = False
     root: Path | None = None
     nodes: list[Member] = field(default_factory=list)
+    stopped: bool = False
 
     @property
     def endpoints(self) -> list[str]:
@@ -173,6 +174,7 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Terminate politely, then kill; remove the data unless asked to keep it."""
+        self.stopped = True
         for m in self.nodes:
             if m.proc is not None and m.proc.poll() is None:
                 m.proc.terminate()
