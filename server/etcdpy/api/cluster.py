@@ -28,5 +28,5 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
             await self.server.linearizable_read_notify()
         members = [member_pb(m) for _, m in sorted(self.server.cluster.members.items())]
         resp = rpc_pb2.MemberListResponse(members=members)
-        self.server.fill_header(resp.header)
+        self.server.fill_header(resp.header, with_revision=False)
         return resp

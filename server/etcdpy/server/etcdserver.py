@@ -326,11 +326,12 @@ class EtcdServer:
         self.fill_header(resp.header)
         return resp
 
-    def fill_header(self, header: rpc_pb2.ResponseHeader) -> None:
+    def fill_header(self, header: rpc_pb2.ResponseHeader, with_revision: bool = True) -> None:
+        """etcd's header: Cluster RPCs carry no revision; everything else the store revision."""
         header.cluster_id = self.cluster.cluster_id
         header.member_id = self.member_id
         header.raft_term = self.progress.term
-        if header.revision == 0 and self.kv is not None:
+        if with_revision and header.revision == 0 and self.kv is not None:
             header.revision = self.kv.current_rev
 
     # ------------------------------------------------------------------ linearizable reads
@@ -525,7 +526,7 @@ class EtcdServer:
             raftIndex=self.progress.committed_index,
             raftTerm=self.progress.term,
             raftAppliedIndex=self.progress.applied_index,
-            dbSizeInUse=self.kv.size_in_use(),
+            dbSizeInUse=min(self.kv.size_in_use(), self.kv.size()),
             isLearner=bool(self.cluster.get(self.member_id) and self.cluster.members[self.member_id].is_learner),
         )
         self.fill_header(resp.header)
