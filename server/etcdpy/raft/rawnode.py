@@ -43,6 +43,7 @@ from .types import (
     Snapshot,
     SoftState,
     StateType,
+    entry_size,
     marshal_conf_change,
 )
 
@@ -83,6 +84,68 @@ class Status:
     conf_state: ConfState
 
 
+def coalesce_messages(msgs: list[Message], max_size: int) -> list[Message]:
+    """Merge runs of messages to the same peer that a receiver would process identically.
+
+    Every proposal makes the leader send one MsgApp per follower, and every
+    MsgApp makes the follower answer; with many proposals per Ready that is
+    O(proposals) messages for the transport to encode and ship. Here, within
+    one Ready and for one destination with no other message in between:
+
+    * contiguous MsgApps of the same term become one MsgApp (up to `max_size`
+      bytes of entries); the latest commit index wins;
+    * successive accepting MsgAppResps of the same term collapse to the one
+      with the highest index (an ack means "I have everything up to index").
+
+    Delivering the merged message has the same effect as delivering the run.
+    """
+    if len(msgs) < 2:
+        return msgs
+    out: list[Message] = []
+    last_for: dict[int, int] = {}  # destination -> position in out of its latest message
+    sizes: dict[int, int] = {}  # position in out -> bytes of entries (for MsgApp)
+    for m in msgs:
+        pos = last_for.get(m.to)
+        if pos is not None:
+            prev = out[pos]
+            if m.type == MT.APP and prev.type == MT.APP and prev.term == m.term:
+                n_prev = len(prev.entries)
+                last_idx = prev.index + n_prev
+                last_term = prev.entries[-1].term if n_prev else prev.log_term
+                if m.index == last_idx and m.log_term == last_term:
+                    add = sum(entry_size(e) for e in m.entries)
+                    size = sizes.get(pos, 0)
+                    if not m.entries or not n_prev or size + add <= max_size:
+                        merged = Message(
+                            MT.APP,
+                            to=m.to,
+                            frm=m.frm,
+                            term=m.term,
+                            log_term=prev.log_term,
+                            index=prev.index,
+                            entries=prev.entries + m.entries if n_prev else m.entries,
+                            commit=max(prev.commit, m.commit),
+                        )
+                        out[pos] = merged
+                        sizes[pos] = size + add
+                        continue
+            elif (
+                m.type == MT.APP_RESP
+                and prev.type == MT.APP_RESP
+                and not m.reject
+                and not prev.reject
+                and prev.term == m.term
+                and m.index >= prev.index
+            ):
+                out[pos] = m
+                continue
+        last_for[m.to] = len(out)
+        if m.type == MT.APP:
+            sizes[len(out)] = sum(entry_size(e) for e in m.entries)
+        out.append(m)
+    return out
+
+
 def _must_sync(st: HardState, prev: HardState, n_entries: int) -> bool:
     # Term and vote must be durable before we answer anyone; commit may be lost
     # (it is recomputed), so a commit-only change needs no fsync.
@@ -96,6 +159,8 @@ class RawNode:
         self.raft = Raft(config)
         self._prev_soft = self.raft.soft_state()
         self._prev_hard = self.raft.hard_state()
+        self.coalesce = True
+        """Merge same-peer MsgApp/MsgAppResp runs in each Ready (see coalesce_messages)."""
 
     # -- inputs --------------------------------------------------------------
     def bootstrap(self, peers: list[Peer]) -> None:
@@ -194,7 +259,8 @@ class RawNode:
     def ready(self) -> Ready:
         r = self.raft
         log = r.raft_log
-        rd = Ready(entries=log.unstable_entries(), committed_entries=log.next_ents(), messages=r.msgs)
+        msgs = coalesce_messages(r.msgs, r.max_msg_size) if self.coalesce else r.msgs
+        rd = Ready(entries=log.unstable_entries(), committed_entries=log.next_ents(), messages=msgs)
         soft = r.soft_state()
         if soft != self._prev_soft:
             rd.soft_state = soft

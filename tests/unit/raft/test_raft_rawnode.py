@@ -221,3 +221,44 @@ def test_single_voter_throughput_smoke():
         drain(node, st, applied)
     assert sum(1 for e in applied if e.type == EntryType.NORMAL and e.data) == n
     assert st.last_index() == applied[-1].index
+
+
+def test_coalesce_messages_merges_contiguous_msg_app_and_acks():
+    from etcdpy.raft.rawnode import coalesce_messages
+    from etcdpy.raft.types import Entry
+
+    MT = MessageType
+    msgs = [
+        Message(MT.APP, to=2, frm=1, term=3, index=5, log_term=3, entries=[Entry(3, 6, data=b"a")], commit=5),
+        Message(MT.APP, to=3, frm=1, term=3, index=5, log_term=3, entries=[Entry(3, 6, data=b"a")], commit=5),
+        Message(MT.APP, to=2, frm=1, term=3, index=6, log_term=3, entries=[Entry(3, 7, data=b"b")], commit=5),
+        Message(MT.APP, to=2, frm=1, term=3, index=7, log_term=3, entries=[], commit=6),
+        Message(MT.HEARTBEAT, to=3, frm=1, term=3),
+        Message(MT.APP, to=3, frm=1, term=3, index=6, log_term=3, entries=[Entry(3, 7, data=b"b")], commit=5),
+        # Not contiguous with the previous MsgApp to 2: kept apart.
+        Message(MT.APP, to=2, frm=1, term=3, index=9, log_term=3, entries=[Entry(3, 10)], commit=6),
+    ]
+    out = coalesce_messages(msgs, 1 << 20)
+    summary = [(m.type, m.to, m.index, [e.index for e in m.entries], m.commit) for m in out]
+    assert summary == [
+        (MT.APP, 2, 5, [6, 7], 6),
+        (MT.APP, 3, 5, [6], 5),
+        (MT.HEARTBEAT, 3, 0, [], 0),
+        (MT.APP, 3, 6, [7], 5),
+        (MT.APP, 2, 9, [10], 6),
+    ]
+    acks = [
+        Message(MT.APP_RESP, to=1, frm=2, term=3, index=6),
+        Message(MT.APP_RESP, to=1, frm=2, term=3, index=7),
+        Message(MT.APP_RESP, to=1, frm=2, term=3, index=8, reject=True),
+        Message(MT.APP_RESP, to=1, frm=2, term=3, index=9),
+    ]
+    out = coalesce_messages(acks, 1 << 20)
+    assert [(m.index, m.reject) for m in out] == [(7, False), (8, True), (9, False)]
+    # The size limit stops merging.
+    big = [
+        Message(MT.APP, to=2, term=1, index=i, log_term=1, entries=[Entry(1, i + 1, data=b"x" * 100)])
+        for i in range(10)
+    ]
+    out = coalesce_messages(big, 350)
+    assert [len(m.entries) for m in out] == [3, 3, 3, 1]
