@@ -301,6 +301,11 @@ class WAL:
         return self._metadata
 
     @property
+    def tail_offset(self) -> int:
+        """Where the next record goes in the last segment (the end of valid data after `read_all`)."""
+        return self._offset
+
+    @property
     def last_index(self) -> int:
         """Index of the last entry (or snapshot marker) written or replayed."""
         return self._enti
