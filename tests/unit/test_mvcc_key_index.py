@@ -187,3 +187,53 @@ def test_tree_compact_drops_dead_keys() -> None:
     assert len(t) == 2  # a keeps its tombstone at exactly the compact revision
     assert t.compact(5) == {R(5)}
     assert len(t) == 1 and t.key_index(b"a") is None
+
+
+def test_latest_fast_path_matches_full_walk() -> None:
+    import random
+
+    rnd = random.Random(7)
+    t = TreeIndex()
+    rev = 1
+    for _ in range(400):
+        rev += 1
+        k = b"k%02d" % rnd.randrange(40)
+        ki = t.key_index(k)
+        if ki is not None and ki.is_live() and rnd.random() < 0.3:
+            t.tombstone(k, R(rev))
+        else:
+            t.put(k, R(rev))
+    for key, end in [(b"k05", b"k20"), (b"\x00", b"\x00"), (b"k10", b"\x00"), (b"k3", b"k2"), (b"k07", None)]:
+        walk = [(ki.key, ki.get(rev)[0]) for ki in t.iter_range(key, end) if ki.get(rev) is not None]
+        for limit in (0, 1, 5):
+            want = walk[:limit] if limit else walk
+            assert t.range(key, end, rev, limit) == ([k for k, _ in want], [r for _, r in want])
+            assert t.revisions(key, end, rev + 10, limit) == ([r for _, r in want], len(walk))
+        assert t.count_revisions(key, end, rev) == len(walk)
+    assert t.live_count == sum(1 for ki in t.iter_range(b"\x00", b"\x00") if ki.is_live())
+
+
+@pytest.mark.parametrize("log_max", [3, 50, 100_000])
+def test_past_revision_counts_match_full_walk(monkeypatch: pytest.MonkeyPatch, log_max: int) -> None:
+    import random
+
+    from etcdpy.mvcc import key_index
+
+    monkeypatch.setattr(key_index, "CHANGE_LOG_MAX", log_max)
+    rnd = random.Random(log_max)
+    t = TreeIndex()
+    rev = 1
+    for _ in range(300):
+        rev += 1
+        k = b"k%02d" % rnd.randrange(30)
+        ki = t.key_index(k)
+        if ki is not None and ki.is_live() and rnd.random() < 0.3:
+            t.tombstone(k, R(rev))
+        else:
+            t.put(k, R(rev))
+    t.compact(rev - 60)
+    for at in range(rev - 60, rev + 1):
+        for key, end in [(b"k05", b"k20"), (b"\x00", b"\x00"), (b"k10", b"\x00"), (b"k3", b"k2")]:
+            walk = [ki.get(at)[0] for ki in t.iter_range(key, end) if ki.get(at) is not None]
+            assert t.count_revisions(key, end, at) == len(walk)
+            assert t.revisions(key, end, at, 4) == (walk[:4], len(walk))

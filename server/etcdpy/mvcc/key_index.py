@@ -22,13 +22,17 @@ and (like etcd) leaves out a tombstone at `at`, so hashes do not depend on it.
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from collections.abc import Iterator
 
-from sortedcontainers import SortedDict
+from sortedcontainers import SortedDict, SortedList
 
 from etcdpy.mvcc.revision import Revision
 
 _MAX_SUB = (1 << 63) - 1
+# How many recent (revision, key) changes TreeIndex remembers for counting at
+# recent past revisions (paged lists at a fixed revision) without a full walk.
+CHANGE_LOG_MAX = 100_000
 
 
 class RevisionNotFound(Exception):
@@ -219,30 +223,83 @@ class TreeIndex:
 
     Range semantics for `end`: None or b"" = the single key; b"\\x00" = every key
     >= key; otherwise the half-open interval [key, end).
+
+    Besides the tree it keeps a sorted list of the keys that exist *now*, so reads
+    at the latest revision (the common case: kube's paged lists with a total count)
+    cost O(log n + limit) instead of a walk over the whole range. For a recent past
+    revision (the later pages of a kube list, read at the first page's revision)
+    the total is derived from the current count and a log of recent changes.
     """
 
     def __init__(self) -> None:
         self._tree: SortedDict = SortedDict()
+        self._live: SortedList = SortedList()
+        self._rev = 0  # highest main revision recorded; reads at or above it use `_live`
+        self._log: deque[tuple[int, bytes]] = deque()
+        self._log_floor = 0  # every change with main revision > floor is in `_log`
+
+    def _record(self, main: int, key: bytes) -> None:
+        log = self._log
+        log.append((main, key))
+        if main > self._rev:
+            self._rev = main
+        if len(log) > CHANGE_LOG_MAX:
+            dropped, _ = log.popleft()
+            if dropped > self._log_floor:
+                self._log_floor = dropped
+
+    def _changed_since(self, at_rev: int, cap: int) -> set[bytes] | None:
+        """Keys changed after `at_rev`, or None if unknown (log too short) or more than `cap`."""
+        if at_rev < self._log_floor:
+            return None
+        out: set[bytes] = set()
+        for main, key in reversed(self._log):
+            if main <= at_rev:
+                break
+            out.add(key)
+            if len(out) > cap:
+                return None
+        return out
 
     def __len__(self) -> int:
         return len(self._tree)
+
+    @property
+    def live_count(self) -> int:
+        """Number of keys that currently exist."""
+        return len(self._live)
 
     def key_index(self, key: bytes) -> KeyIndex | None:
         return self._tree.get(key)
 
     def insert(self, ki: KeyIndex) -> None:
+        old = self._tree.get(ki.key)
+        if old is not None and old.is_live():
+            self._live.remove(ki.key)
         self._tree[ki.key] = ki
+        if ki.is_live():
+            self._live.add(ki.key)
+        self._rev = max(self._rev, ki.modified.main)
+        self._log_floor = self._rev  # this change is not in the log: older counts must walk
 
     def bulk_load(self, kis: dict[bytes, KeyIndex]) -> None:
         """Replace the contents in one sort, much faster than inserting one by one on rebuild."""
         self._tree = SortedDict(kis)
+        self._live = SortedList(k for k, ki in kis.items() if ki.is_live())
+        self._rev = max((ki.modified.main for ki in kis.values()), default=0)
+        self._log.clear()
+        self._log_floor = self._rev
 
     def put(self, key: bytes, rev: Revision) -> None:
         ki = self._tree.get(key)
         if ki is None:
             ki = KeyIndex(key)
             self._tree[key] = ki
+        was_live = ki.is_live()
         ki.put(rev)
+        if not was_live:
+            self._live.add(key)
+        self._record(rev.main, key)
 
     def tombstone(self, key: bytes, rev: Revision) -> None:
         """Delete `key` at `rev`; RevisionNotFound if it is not live."""
@@ -250,6 +307,8 @@ class TreeIndex:
         if ki is None:
             raise RevisionNotFound(key)
         ki.tombstone(rev)
+        self._live.remove(key)
+        self._record(rev.main, key)
 
     def get(self, key: bytes, at_rev: int) -> tuple[Revision, Revision, int] | None:
         """(modified, created, version) of `key` at `at_rev`, or None."""
@@ -272,8 +331,25 @@ class TreeIndex:
         for k in tree.irange(key, hi, inclusive=(True, False)):
             yield tree[k]
 
+    def _live_bounds(self, key: bytes, end: bytes) -> tuple[int, int]:
+        """Positions in `_live` of the multi-key range [key, end)."""
+        live = self._live
+        lo = live.bisect_left(key)
+        hi = len(live) if end == b"\x00" else live.bisect_left(end)
+        return lo, max(lo, hi)
+
+    def _latest_revs(self, key: bytes, end: bytes, limit: int) -> tuple[list[bytes], list[Revision], int]:
+        lo, hi = self._live_bounds(key, end)
+        stop = min(hi, lo + limit) if limit else hi
+        keys = list(self._live.islice(lo, stop))
+        tree = self._tree
+        return keys, [tree[k].modified for k in keys], hi - lo
+
     def range(self, key: bytes, end: bytes | None, at_rev: int, limit: int = 0) -> tuple[list[bytes], list[Revision]]:
         """Keys existing at `at_rev` and their revisions then, at most `limit` (0 = all)."""
+        if end and at_rev >= self._rev:
+            keys, revs, _ = self._latest_revs(key, end, limit)
+            return keys, revs
         keys: list[bytes] = []
         revs: list[Revision] = []
         for ki in self.iter_range(key, end):
@@ -288,6 +364,13 @@ class TreeIndex:
 
     def revisions(self, key: bytes, end: bytes | None, at_rev: int, limit: int = 0) -> tuple[list[Revision], int]:
         """Up to `limit` revisions (0 = all) plus the full count of keys existing at `at_rev`."""
+        if end and at_rev >= self._rev:
+            _, revs, total = self._latest_revs(key, end, limit)
+            return revs, total
+        if end and limit:
+            past = self._past_count(key, end, at_rev)
+            if past is not None:
+                return self.range(key, end, at_rev, limit)[1], past
         revs: list[Revision] = []
         total = 0
         for ki in self.iter_range(key, end):
@@ -301,7 +384,35 @@ class TreeIndex:
 
     def count_revisions(self, key: bytes, end: bytes | None, at_rev: int) -> int:
         """Number of keys in the range that exist at `at_rev`."""
+        if end and at_rev >= self._rev:
+            lo, hi = self._live_bounds(key, end)
+            return hi - lo
+        if end:
+            past = self._past_count(key, end, at_rev)
+            if past is not None:
+                return past
         return sum(1 for ki in self.iter_range(key, end) if ki.get(at_rev) is not None)
+
+    def _past_count(self, key: bytes, end: bytes, at_rev: int) -> int | None:
+        """Count at a past revision = count now, corrected for keys changed since; None if not cheaper."""
+        tree = self._tree
+        lo = tree.bisect_left(key)
+        hi = len(tree) if end == b"\x00" else tree.bisect_left(end)
+        if hi <= lo:
+            return 0
+        changed = self._changed_since(at_rev, hi - lo)
+        if changed is None:
+            return None
+        lo_live, hi_live = self._live_bounds(key, end)
+        count = hi_live - lo_live
+        for k in changed:
+            if k < key or (end != b"\x00" and k >= end):
+                continue
+            ki = tree.get(k)
+            if ki is None:
+                continue
+            count += (ki.get(at_rev) is not None) - ki.is_live()
+        return count
 
     def compact(self, rev: int) -> set[Revision]:
         """Compact every key at `rev`; returns the revisions to keep on disk (<= rev)."""
