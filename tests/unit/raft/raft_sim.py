@@ -27,6 +27,7 @@ from etcdpy.raft import (
     ConfChangeType,
     ConfState,
     EntryType,
+    HardState,
     MemoryStorage,
     Message,
     MessageType,
@@ -101,6 +102,7 @@ class SimNode:
         self.conf = ConfState()
         self.applied_since_snap = 0
         self.last_commit = 0
+        self.synced_commit = 0
         self.removed = False
 
     @property
@@ -175,10 +177,18 @@ class Network:
         )
 
     def crash(self, id_: int) -> None:
+        """Lose the node's volatile state; a commit index that was never fsynced may be lost too."""
         sn = self.nodes[id_]
         if sn.node is not None:
             sn.node = None
             self.crashes += 1
+            hs = sn.storage.hard_state
+            if hs.commit > sn.synced_commit and self.rand.random() < 0.5:
+                # A commit-only HardState is written without fsync (must_sync False),
+                # but a snapshot save syncs the WAL, so it is never behind the snapshot.
+                commit = max(sn.synced_commit, sn.storage.snapshot().metadata.index)
+                sn.storage.set_hard_state(HardState(hs.term, hs.vote, commit))
+            sn.last_commit = sn.storage.hard_state.commit
 
     def restart(self, id_: int) -> None:
         sn = self.nodes[id_]
@@ -262,8 +272,13 @@ class Network:
             if rd.hard_state is not None:
                 if rd.hard_state.commit < sn.last_commit:
                     self._fail(f"node {sn.id} commit went backwards {sn.last_commit} -> {rd.hard_state.commit}")
+                before = st.hard_state
+                if not rd.must_sync and (before.term, before.vote) != (rd.hard_state.term, rd.hard_state.vote):
+                    self._fail(f"node {sn.id}: term/vote changed in a Ready without must_sync")
                 sn.last_commit = rd.hard_state.commit
                 st.set_hard_state(rd.hard_state)
+            if rd.must_sync or rd.snapshot is not None:
+                sn.synced_commit = st.hard_state.commit
             if self.faults.crash_mid_ready and self.rand.random() < self.faults.crash_mid_ready:
                 self.crash(sn.id)  # persisted, but nothing sent or applied
                 return
