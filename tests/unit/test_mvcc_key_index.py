@@ -157,7 +157,7 @@ def test_restore_seeds_generation_from_stored_kv() -> None:
 
 def tree_with(*ops: tuple[str, bytes, int]) -> TreeIndex:
     t = TreeIndex()
-    for i, (op, key, main) in enumerate(ops):
+    for op, key, main in ops:
         (t.put if op == "put" else t.tombstone)(key, R(main, 0))
     return t
 
