@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from etcdpy import errors
 from etcdpy.config import MAX_GAP_BETWEEN_APPLY_AND_COMMIT, ServerConfig
@@ -28,6 +28,7 @@ from etcdpy.raft.types import (
     NONE,
     ConfChange,
     ConfChangeType,
+    ConfState,
     Entry,
     EntryType,
     ReadState,
@@ -65,6 +66,7 @@ class Progress:
     snapshot_index: int = 0
     committed_index: int = 0
     term: int = 0
+    conf_state: ConfState = field(default_factory=ConfState)
 
 
 class EtcdServer:
@@ -212,6 +214,7 @@ class EtcdServer:
         storage = MemoryStorage()
         if snap is not None and not snap.is_empty():
             storage.apply_snapshot(snap)
+            self.progress.conf_state = snap.metadata.conf_state
             self.cluster = RaftCluster.from_json(snap.data)
             self.progress.snapshot_index = snap.metadata.index
             self.progress.applied_index = snap.metadata.index
@@ -418,6 +421,7 @@ class EtcdServer:
     def apply_snapshot(self, snap: Snapshot) -> None:
         """Install a snapshot received from the leader (issue 3: needs the MVCC data to come with it)."""
         self.cluster = RaftCluster.from_json(snap.data)
+        self.progress.conf_state = snap.metadata.conf_state
         self.progress.applied_index = snap.metadata.index
         self.progress.applied_term = snap.metadata.term
         self.progress.snapshot_index = snap.metadata.index
@@ -479,7 +483,7 @@ class EtcdServer:
             self.cluster.update_peer_urls(m.id, m.peer_urls)
         if self.cluster.cluster_id == 0:
             self.cluster.cluster_id = compute_cluster_id(self.cluster.member_ids())
-        self.raft.node.apply_conf_change(cc)
+        self.progress.conf_state = self.raft.node.apply_conf_change(cc)
         if self.wait.is_registered(cc.id):
             self.wait.trigger(cc.id, ApplyResult(resp=None, err=None, events=[]))
 
@@ -490,12 +494,15 @@ class EtcdServer:
         assert self.raft is not None and self.kv is not None
         self._snapshotting = True
         index = p.applied_index
+        conf_state = ConfState(list(p.conf_state.voters), list(p.conf_state.learners))
         data = self.cluster.to_json()
 
         async def snapshot() -> None:
             try:
                 assert self.raft is not None and self.kv is not None
-                await self.raft.create_snapshot(index, data, self.cfg.snapshot_catchup_entries, self._sync_backend)
+                await self.raft.create_snapshot(
+                    index, conf_state, data, self.cfg.snapshot_catchup_entries, self._sync_backend
+                )
                 self.progress.snapshot_index = index
             except Exception:
                 self.log.exception("snapshot failed")

@@ -25,7 +25,7 @@ from typing import Protocol
 
 from etcdpy.raft import RawNode
 from etcdpy.raft.storage import MemoryStorage
-from etcdpy.raft.types import ConfChange, Entry, Message, ReadState, Snapshot, SoftState, StateType
+from etcdpy.raft.types import ConfChange, ConfState, Entry, Message, ReadState, Snapshot, SoftState, StateType
 from etcdpy.snap import Snapshotter
 from etcdpy.wal import WAL, WalSnapshot
 
@@ -167,13 +167,14 @@ class RaftNode:
         marker = WalSnapshot(index=snap.metadata.index, term=snap.metadata.term)
         await loop.run_in_executor(self._disk, self.wal.save_snapshot, marker)
 
-    async def create_snapshot(self, index: int, data: bytes, keep_entries: int, flush_backend: object) -> None:
+    async def create_snapshot(
+        self, index: int, conf_state: ConfState, data: bytes, keep_entries: int, flush_backend: object
+    ) -> None:
         """Snapshot at the applied `index`, then drop log entries a slow follower no longer needs.
 
         The MVCC store already holds everything up to `index`; `flush_backend` makes it durable
         before WAL segments are released, since those segments are the only other copy.
         """
-        _, conf_state = self.storage.initial_state()
         snap = self.storage.create_snapshot(index, conf_state, data)
         await self._persist_snapshot(snap)
         loop = asyncio.get_running_loop()
