@@ -8,6 +8,7 @@ import grpc
 
 from etcdpy.api.cluster import ClusterService
 from etcdpy.api.kv import KVService
+from etcdpy.api.lease import LeaseService
 from etcdpy.api.maintenance import MaintenanceService
 from etcdpy.config import url_host_port
 from etcdpy.pb import rpc_pb2_grpc
@@ -35,6 +36,7 @@ def build_grpc_server(server: EtcdServer) -> grpc.aio.Server:
     ]
     g = grpc.aio.server(options=options)
     rpc_pb2_grpc.add_KVServicer_to_server(KVService(server), g)
+    rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(server), g)
     rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(server), g)
     rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(server), g)
     for url in cfg.listen_client_urls:

@@ -33,6 +33,12 @@ against etcd 3.4.23 and encoded in tests/unit/test_apply.py):
   txn's response carries an empty header.
 * Compaction: the store's errors pass through; the response revision is the
   current one (compaction does not create a revision).
+* Leases (with a full lessor attached): a grant stores the lease row in the
+  apply's write batch (no revision); a revoke deletes every attached key in
+  that one write (one revision, whose DELETE events are the result's events)
+  and removes the row; a checkpoint only updates the lessor. After the write
+  commits, its events attach put keys to their lease and detach deleted or
+  re-leased keys, so an aborted write never touches the lessor.
 
 Every applied entry ends with a store write carrying (index, term), even when
 the request fails, so the consistent index always moves with the log.
@@ -42,13 +48,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from etcdpy import errors
 from etcdpy.pb import kv_pb2, raft_internal_pb2, rpc_pb2
 
 if TYPE_CHECKING:  # the store is only needed for type checking; keeps this module importable alone
-    from etcdpy.mvcc import KVStore, RangeResult, TxnWrite
+    from etcdpy.mvcc import Batch, KVStore, RangeResult, TxnWrite
 
 _RR = rpc_pb2.RangeRequest
 _CMP = rpc_pb2.Compare
@@ -76,6 +82,27 @@ class LeaseLookup(Protocol):
     def lookup(self, lease_id: int) -> object | None:
         """The lease with this id, or None when it does not exist."""
         ...
+
+
+class GrantedLease(Protocol):
+    id: int
+    ttl: int
+
+
+@runtime_checkable
+class LessorApply(LeaseLookup, Protocol):
+    """The whole lessor, as etcdpy.lease.Lessor provides it: needed to apply lease requests.
+
+    A lookup-only hook is enough for KV requests; lease requests need this one.
+    """
+
+    def grant(self, lease_id: int, ttl: int, batch: Batch) -> GrantedLease: ...
+
+    def revoke(self, lease_id: int, txn: TxnWrite) -> None: ...
+
+    def checkpoint(self, lease_id: int, remaining_ttl: int) -> None: ...
+
+    def on_kv_changes(self, events: list[kv_pb2.Event]) -> None: ...
 
 
 def fill_header(header: rpc_pb2.ResponseHeader, cluster_id: int, member_id: int, raft_term: int) -> None:
@@ -119,13 +146,23 @@ class _View:
 
 
 class Applier:
-    """etcd's applierV3backend for the KV requests; leases and auth plug in later."""
+    """etcd's applierV3backend for the KV and lease requests; auth plugs in later."""
 
     def __init__(self, store: KVStore, lessor: LeaseLookup | None = None) -> None:
         self.store = store
-        # Hook for issue "Lease": until a lessor is attached every lease id is unknown,
-        # so any put with a nonzero lease fails with ErrLeaseNotFound.
-        self.lessor: LeaseLookup | None = lessor
+        # Without a lessor every lease id is unknown, so any put with a nonzero lease fails
+        # with ErrLeaseNotFound; lease requests need a full lessor (LessorApply).
+        self.lessor = lessor
+
+    @property
+    def lessor(self) -> LeaseLookup | None:
+        return self._lessor
+
+    @lessor.setter
+    def lessor(self, lessor: LeaseLookup | None) -> None:
+        # The protocol check is slow-ish; do it once here rather than on every apply.
+        self._lessor = lessor
+        self._full_lessor = lessor if isinstance(lessor, LessorApply) else None
 
     # ------------------------------------------------------------------ reads without the log
 
@@ -166,6 +203,8 @@ class Applier:
             raise
         events = list(write.changes)
         write.end(index, term)
+        if events and self._full_lessor is not None:
+            self._full_lessor.on_kv_changes(events)
         return ApplyResult(resp=resp, err=None, events=events)
 
     def _dispatch(self, req: raft_internal_pb2.InternalRaftRequest) -> Callable[[_View], Any]:
@@ -178,7 +217,15 @@ class Applier:
             return lambda view: self._delete_range(view, req.delete_range, rpc_pb2.DeleteRangeResponse())
         if req.HasField("txn"):
             return lambda view: self._txn(view, req.txn)
-        raise NotImplementedError(f"apply: no KV request in {req.ListFields()[:1]!r}")
+        lessor = self._full_lessor
+        if lessor is not None:
+            if req.HasField("lease_grant"):
+                return lambda view: _lease_grant(view, lessor, req.lease_grant)
+            if req.HasField("lease_revoke"):
+                return lambda view: _lease_revoke(view, lessor, req.lease_revoke)
+            if req.HasField("lease_checkpoint"):
+                return lambda view: _lease_checkpoint(view, lessor, req.lease_checkpoint)
+        raise NotImplementedError(f"apply: no KV or lease request in {req.ListFields()[:1]!r}")
 
     def _save_consistent_index(self, index: int, term: int) -> None:
         """An empty write whose only effect is storing (index, term): keeps replay exact after a failed request."""
@@ -342,6 +389,36 @@ class Applier:
 
     def _lease_exists(self, lease_id: int) -> bool:
         return self.lessor is not None and self.lessor.lookup(lease_id) is not None
+
+
+# ---------------------------------------------------------------------- leases
+
+
+def _lease_grant(view: _View, lessor: LessorApply, r: rpc_pb2.LeaseGrantRequest) -> rpc_pb2.LeaseGrantResponse:
+    """applierV3backend.LeaseGrant: the TTL answered is the lessor's (raised to the minimum)."""
+    lease = lessor.grant(r.ID, r.TTL, view.writer().batch)
+    resp = rpc_pb2.LeaseGrantResponse(ID=lease.id, TTL=lease.ttl)
+    resp.header.revision = view.rev
+    return resp
+
+
+def _lease_revoke(view: _View, lessor: LessorApply, r: rpc_pb2.LeaseRevokeRequest) -> rpc_pb2.LeaseRevokeResponse:
+    """applierV3backend.LeaseRevoke: the header has the revision of the key deletions, if any."""
+    lessor.revoke(r.ID, view.writer())
+    resp = rpc_pb2.LeaseRevokeResponse()
+    resp.header.revision = view.rev
+    return resp
+
+
+def _lease_checkpoint(
+    view: _View, lessor: LessorApply, r: rpc_pb2.LeaseCheckpointRequest
+) -> rpc_pb2.LeaseCheckpointResponse:
+    """applierV3backend.LeaseCheckpoint: remaining TTLs for the next leader; unknown ids are skipped."""
+    for cp in r.checkpoints:
+        lessor.checkpoint(cp.ID, cp.remaining_TTL)
+    resp = rpc_pb2.LeaseCheckpointResponse()
+    resp.header.revision = view.rev
+    return resp
 
 
 # ---------------------------------------------------------------------- pure helpers

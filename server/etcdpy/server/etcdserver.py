@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from etcdpy import errors
 from etcdpy.config import MAX_GAP_BETWEEN_APPLY_AND_COMMIT, ServerConfig
+from etcdpy.lease import ExpiredLeaseRevoker, Lessor, min_lease_ttl, renew_on_primary
 from etcdpy.mvcc import KVStore
 from etcdpy.pb import raft_internal_pb2, rpc_pb2
 from etcdpy.raft import Config as RaftConfig
@@ -81,6 +82,7 @@ class EtcdServer:
         self.applied_wait = WaitTime()
         self.kv: KVStore | None = None
         self.applier: Applier | None = None
+        self.lessor: Lessor | None = None
         self.raft: RaftNode | None = None
         self._idgen: IdGenerator | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -108,7 +110,8 @@ class EtcdServer:
         if not os.access(cfg.data_dir, os.W_OK):
             raise StartupError(f"cannot access data directory {cfg.data_dir!r}: permission denied")
         self.kv = KVStore(cfg.backend_path)
-        self.applier = Applier(self.kv)
+        self.lessor = self._open_lessor(self.kv)
+        self.applier = Applier(self.kv, self.lessor)
         if WAL.exists(cfg.wal_dir):
             node, storage, wal, snapshotter = self._restart()
         else:
@@ -130,6 +133,9 @@ class EtcdServer:
         ]
         self._tasks.append(asyncio.create_task(self._campaign_if_sole_voter(), name="campaign"))
         self._tasks.append(asyncio.create_task(self._publish(), name="publish"))
+        assert self.lessor is not None
+        revoker = ExpiredLeaseRevoker(self.lessor, self._propose_lease_revoke, self.log)
+        self._tasks.append(asyncio.create_task(revoker.run(), name="lease-revoker"))
 
     async def _campaign_if_sole_voter(self) -> None:
         """A one-voter cluster needs no election timeout to find out it wins.
@@ -329,6 +335,76 @@ class EtcdServer:
         self.fill_header(resp.header)
         return resp
 
+    # ------------------------------------------------------------------ leases (etcd's v3_server.go Lease*)
+
+    def _open_lessor(self, kv: KVStore) -> Lessor:
+        """Recover the lessor before any entry is applied: leases from the lease bucket, keys from the live KVs."""
+        lessor = Lessor(min_lease_ttl(self.cfg.election_ticks, self.cfg.heartbeat_ms))
+        lessor.recover(kv.backend, kv)
+        return lessor
+
+    async def lease_grant(self, req: rpc_pb2.LeaseGrantRequest) -> rpc_pb2.LeaseGrantResponse:
+        """The id is chosen here, before proposing, so that every member applies the same one."""
+        assert self._idgen is not None
+        while req.ID == 0:
+            req.ID = self._idgen.next() & ((1 << 63) - 1)  # positive ids only, as etcd
+        resp = await self.process_internal_raft_request(raft_internal_pb2.InternalRaftRequest(lease_grant=req))
+        self.fill_header(resp.header)
+        return resp
+
+    async def lease_revoke(self, req: rpc_pb2.LeaseRevokeRequest) -> rpc_pb2.LeaseRevokeResponse:
+        resp = await self.process_internal_raft_request(raft_internal_pb2.InternalRaftRequest(lease_revoke=req))
+        self.fill_header(resp.header)
+        return resp
+
+    async def _propose_lease_revoke(self, lease_id: int) -> object:
+        """What the expired-lease task proposes: a revoke through the log, like a client's."""
+        return await self.lease_revoke(rpc_pb2.LeaseRevokeRequest(ID=lease_id))
+
+    async def lease_renew_on_leader(self, lease_id: int) -> int:
+        """A keep-alive: renewals bypass the log and belong to the leader's lessor (etcd's LeaseRenew).
+
+        HOOK for the peer transport: etcd forwards a follower's renewal to the leader
+        over the peer URLs (leasehttp). Until that exists, a member that is not the
+        leader answers "no leader" / "not leader" (see _check_lease_leader).
+        """
+        assert self.lessor is not None
+        return await renew_on_primary(self.lessor, lease_id, self._check_lease_leader, self.cfg.request_timeout)
+
+    async def lease_ttl_on_leader(self, req: rpc_pb2.LeaseTimeToLiveRequest) -> rpc_pb2.LeaseTimeToLiveResponse:
+        """LeaseTimeToLive from the leader's lessor, the only one that knows deadlines.
+
+        HOOK for the peer transport, like lease_renew_on_leader. ErrLeaseNotFound
+        for an unknown lease (the API answers it with TTL -1, as etcd).
+        """
+        assert self.lessor is not None
+        self._check_lease_leader()
+        lease = self.lessor.lookup(req.ID)
+        if lease is None:
+            raise errors.ErrLeaseNotFound()
+        resp = rpc_pb2.LeaseTimeToLiveResponse(ID=req.ID, TTL=self.lessor.time_to_live(lease), grantedTTL=lease.ttl)
+        if req.keys:
+            resp.keys.extend(sorted(lease.keys))
+        self.fill_header(resp.header)
+        return resp
+
+    def lease_leases(self) -> rpc_pb2.LeaseLeasesResponse:
+        """Every lease this member knows (answered locally, as etcd), soonest deadline first."""
+        assert self.lessor is not None
+        resp = rpc_pb2.LeaseLeasesResponse(leases=[rpc_pb2.LeaseStatus(ID=le.id) for le in self.lessor.leases()])
+        self.fill_header(resp.header)
+        return resp
+
+    def _check_lease_leader(self) -> None:
+        if self._stopped:
+            raise errors.ErrStopped()
+        if self.lead == NONE:
+            raise errors.ErrNoLeader()
+        if not self.is_leader():
+            raise errors.ErrNotLeader()
+
+    # ------------------------------------------------------------------ headers
+
     def fill_header(self, header: rpc_pb2.ResponseHeader, with_revision: bool = True) -> None:
         """etcd's header: Cluster RPCs carry no revision; everything else the store revision."""
         header.cluster_id = self.cluster.cluster_id
@@ -407,6 +483,8 @@ class EtcdServer:
             self._has_leader.clear()
         else:
             self._has_leader.set()
+        if self.lessor is not None and not self.is_leader():
+            self.lessor.demote()  # only the leader's lessor expires leases (etcd's updateLeadership)
 
     def on_read_states(self, states: list[ReadState]) -> None:
         for rs in states:
@@ -443,7 +521,12 @@ class EtcdServer:
 
     def _apply_normal(self, ent: Entry) -> None:
         if not ent.data:
-            return  # the empty entry a new leader appends to commit its term
+            # The empty entry a new leader appends to commit its term. Once it is applied, so is
+            # everything of earlier terms: etcd promotes the leader's lessor here, extending every
+            # lease by an election timeout (the new leader cannot know the old one's last renewals).
+            if self.is_leader() and self.lessor is not None:
+                self.lessor.promote(self.cfg.election_ticks * self.cfg.heartbeat_ms / 1000.0)
+            return
         assert self.kv is not None and self.applier is not None
         req = raft_internal_pb2.InternalRaftRequest()
         req.ParseFromString(ent.data)
@@ -547,7 +630,7 @@ class EtcdServer:
         if self.raft is not None:
             self.raft.stop()
         for t in self._tasks:
-            if t.get_name() in ("ticker", "read-index", "publish", "campaign"):
+            if t.get_name() in ("ticker", "read-index", "publish", "campaign", "lease-revoker"):
                 t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.wait.fail_all(errors.ErrStopped())
