@@ -259,9 +259,6 @@ class Raft:
             if id_ != self.id:
                 self.send_heartbeat(id_, ctx)
 
-    def send_timeout_now(self, to: int) -> None:
-        self.send(Message(MT.TIMEOUT_NOW, to=to))
-
     # ------------------------------------------------------------------
     # log and commit
     # ------------------------------------------------------------------
@@ -388,6 +385,8 @@ class Raft:
             # A transfer that has not finished within an election timeout is abandoned.
             if self.state == StateType.LEADER and self.lead_transferee != NONE:
                 self.abort_leader_transfer()
+                if self.removed_from_config():
+                    self.become_follower(self.term, NONE)
         if self.state != StateType.LEADER:
             return
         if self.heartbeat_elapsed >= self.heartbeat_timeout:
@@ -847,10 +846,10 @@ class Raft:
         self.is_learner = self.id in self.prs.learners
         if self.state != StateType.LEADER:
             return cs
-        if self.id not in self.prs.progress or self.is_learner:
-            # Removed (or demoted) leader: hand over to the most up-to-date voter
-            # if it is caught up, then step down so a remaining voter can lead.
-            self._handoff_after_removal()
+        if self.removed_from_config():
+            # Removed (or demoted) leader: hand over to the most up-to-date voter.
+            if self.lead_transferee == NONE or self.lead_transferee not in self.prs.voters:
+                self._handoff_after_removal()
             return cs
         if not cs.voters:
             return cs
@@ -866,8 +865,15 @@ class Raft:
         return cs
 
     def _handoff_after_removal(self) -> None:
-        # Tell the remaining members the commit index (which covers the conf
-        # change we just applied) before going quiet.
+        """A leader that applied its own removal hands leadership to the most caught-up voter.
+
+        It stops taking proposals (they fail: it is not in the configuration),
+        transfers leadership like MsgTransferLeader does (catch the transferee
+        up, then MsgTimeoutNow), and steps down once MsgTimeoutNow is sent or
+        the transfer times out. Without this the cluster would wait a full
+        election timeout (plus CheckQuorum leases) for a new leader.
+        """
+        # Tell the remaining members the commit index, which covers the change.
         for id_ in self.prs.progress:
             if id_ != self.id:
                 self.send_heartbeat(id_, b"")
@@ -876,9 +882,24 @@ class Raft:
             m = self.prs.progress[v].match
             if m > best_match:
                 best, best_match = v, m
-        if best != NONE and best_match == self.raft_log.last_index():
+        if best == NONE:
+            self.become_follower(self.term, NONE)
+            return
+        self.lead_transferee = best
+        self.election_elapsed = 0
+        if best_match == self.raft_log.last_index():
             self.send_timeout_now(best)
-        self.become_follower(self.term, NONE)
+        else:
+            self.send_append(best)
+
+    def removed_from_config(self) -> bool:
+        return self.id not in self.prs.progress or self.is_learner
+
+    def send_timeout_now(self, to: int) -> None:
+        self.send(Message(MT.TIMEOUT_NOW, to=to))
+        if self.state == StateType.LEADER and self.removed_from_config():
+            # The transferee campaigns at once; a removed leader has nothing left to do.
+            self.become_follower(self.term, NONE)
 
     # ------------------------------------------------------------------
     # called by RawNode.advance

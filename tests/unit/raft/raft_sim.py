@@ -104,6 +104,7 @@ class SimNode:
         self.last_commit = 0
         self.synced_commit = 0
         self.removed = False
+        self.stop_at = -1
 
     @property
     def alive(self) -> bool:
@@ -328,9 +329,10 @@ class Network:
             sn.conf = sn.node.apply_conf_change(cc)
             self.conf_changes_applied += 1
             if cc.type == ConfChangeType.REMOVE_NODE and cc.node_id == sn.id:
-                # etcd stops a member once it applies its own removal.
+                # etcd stops a member shortly after it applies its own removal
+                # (stopWithDelay), so its last messages still go out.
                 sn.removed = True
-                sn.node = None
+                sn.stop_at = self.now + 2 * self.cfg.election_tick
         elif e.data:
             self.applied_data.add(e.data)
 
@@ -513,6 +515,9 @@ class Network:
     # ------------------------------------------------------------------
     def step(self, workload: bool = True) -> None:
         self.now += 1
+        for sn in self.nodes.values():
+            if sn.removed and sn.node is not None and self.now >= sn.stop_at:
+                sn.node = None
         self._deliver_due()
         for sn in list(self.nodes.values()):
             if sn.node is not None:

@@ -749,3 +749,37 @@ def test_transfer_non_member():
     r.step(msg(MT.VOTE_RESP, frm=2, to=1, term=1))
     r.step(msg(MT.VOTE_RESP, frm=3, to=1, term=1))
     assert r.state == StateType.FOLLOWER
+
+
+def test_removed_leader_catches_up_transferee_before_stepping_down():
+    net = RaftNet(None, None, None)
+    net.campaign(1)
+    lead = net.raft(1)
+    for i in (2, 3):
+        net.raft(i).apply_conf_change(ConfChange(type=ConfChangeType.REMOVE_NODE, node_id=1))
+    # An entry the followers have not received yet.
+    lead.step(msg(MT.PROP, frm=1, entries=[Entry(data=b"late")]))
+    read_messages(lead)
+    lead.apply_conf_change(ConfChange(type=ConfChangeType.REMOVE_NODE, node_id=1))
+    # Still leading while it catches the transferee up; proposals are refused.
+    assert lead.state == StateType.LEADER and lead.lead_transferee in (2, 3)
+    with pytest.raises(ProposalDropped):
+        lead.step(msg(MT.PROP, frm=1, entries=[Entry(data=b"x")]))
+    transferee = lead.lead_transferee
+    net.send(*read_messages(lead))
+    assert lead.state == StateType.FOLLOWER
+    assert net.raft(transferee).state == StateType.LEADER
+
+
+def test_removed_leader_steps_down_when_handoff_times_out():
+    net = RaftNet(None, None, None)
+    net.campaign(1)
+    lead = net.raft(1)
+    lead.step(msg(MT.PROP, frm=1, entries=[Entry(data=b"late")]))
+    read_messages(lead)
+    lead.apply_conf_change(ConfChange(type=ConfChangeType.REMOVE_NODE, node_id=1))
+    assert lead.state == StateType.LEADER
+    read_messages(lead)  # everything is lost
+    for _ in range(lead.election_timeout):
+        lead.tick()
+    assert lead.state == StateType.FOLLOWER

@@ -12,6 +12,7 @@ import random
 
 import pytest
 
+from etcdpy.raft import ConfChange, ConfChangeType, StateType
 from raft_sim import Network, SimConfig
 
 
@@ -150,3 +151,113 @@ def test_sim_soak(seed, n):
 @pytest.mark.parametrize("n", [3, 5])
 def test_sim_soak_churn(seed, n):
     run_churn(seed, n, 5000)
+
+
+# -- directed scenarios on the simulated cluster ------------------------------------------------
+
+
+def settled(seed: int = 7, n: int = 3, **cfg) -> Network:
+    net = Network(seed, SimConfig(n=n, max_delay=1, **cfg))
+    net.run(60)
+    assert net.leader() is not None
+    return net
+
+
+def test_sim_isolated_leader_steps_down_and_majority_elects():
+    net = settled()
+    old = net.leader()
+    assert old is not None
+    others = {i for i in net.nodes if i != old.id}
+    net.partition({old.id}, others)
+    net.run(2 * net.cfg.election_tick)
+    # CheckQuorum: the isolated leader stepped down within two election timeouts ...
+    assert old.node is not None and old.node.raft.state != StateType.LEADER
+    # ... and the majority elects a new one (split votes may take a few rounds).
+    for _ in range(10 * net.cfg.election_tick):
+        new = net.leader()
+        if new is not None:
+            break
+        net.step()
+    assert new is not None and new.id != old.id
+    before = len(net.applied_data)
+    net.run(50)
+    assert len(net.applied_data) > before
+    net.heal()
+    net.wait_converged(20 * net.cfg.election_tick)
+    assert old.node.raft.lead == new.id
+
+
+def test_sim_minority_cannot_commit():
+    net = settled(n=5)
+    ld = net.leader()
+    assert ld is not None
+    minority = {ld.id, next(i for i in net.nodes if i != ld.id)}
+    net.partition(minority, set(net.nodes) - minority)
+    net.run(3 * net.cfg.election_tick)
+    applied_in_minority = {net.nodes[i].sm_index for i in minority}
+    # Proposals made in the minority never commit there.
+    for _ in range(50):
+        for i in minority:
+            net.propose(net.nodes[i])
+        net.step(workload=False)
+    assert {net.nodes[i].sm_index for i in minority} == applied_in_minority
+    net.heal()
+    net.wait_commit(30 * net.cfg.election_tick)
+
+
+def test_sim_whole_cluster_restart_keeps_committed_data():
+    net = settled()
+    net.run(200)
+    applied = net.max_applied
+    for i in list(net.nodes):
+        net.crash(i)
+    for i in list(net.nodes):
+        net.restart(i)
+    net.wait_commit(30 * net.cfg.election_tick)
+    net.wait_converged(30 * net.cfg.election_tick)
+    assert net.max_applied > applied
+
+
+def test_sim_new_member_catches_up_via_snapshot_and_is_promoted():
+    net = settled(snapshot_every=20, keep_entries=0)
+    net.run(200)  # the log is compacted well past index 1
+    ld = net.leader()
+    assert ld is not None and ld.node is not None and ld.node.raft.raft_log.first_index() > 10
+    new_id = net.next_id
+    assert net.propose_conf_change(ConfChange(type=ConfChangeType.ADD_LEARNER_NODE, node_id=new_id))
+    net.add_node()
+    sent = net.snapshots_sent
+    for _ in range(40 * net.cfg.election_tick):
+        net.step()
+        if net.nodes[new_id].sm_index >= net.max_applied - 5:
+            break
+    assert net.snapshots_sent > sent
+    assert net.nodes[new_id].node is not None and net.nodes[new_id].node.raft.is_learner
+    assert net.propose_conf_change(ConfChange(type=ConfChangeType.ADD_NODE, node_id=new_id))
+    net.run(30)
+    ld = net.leader()
+    assert ld is not None and new_id in ld.node.raft.prs.voters  # type: ignore[union-attr]
+    assert not net.nodes[new_id].node.raft.is_learner  # type: ignore[union-attr]
+
+
+def test_sim_remove_leader_hands_over():
+    net = settled(n=5)
+    ld = net.leader()
+    assert ld is not None
+    assert net.propose_conf_change(ConfChange(type=ConfChangeType.REMOVE_NODE, node_id=ld.id))
+    net.run(2 * net.cfg.election_tick)
+    new = net.leader()
+    assert new is not None and new.id != ld.id
+    assert ld.id not in new.node.raft.prs.voters  # type: ignore[union-attr]
+    net.wait_commit(20 * net.cfg.election_tick)
+
+
+def test_sim_leader_transfer():
+    net = settled(n=3)
+    ld = net.leader()
+    assert ld is not None and ld.node is not None
+    target = next(i for i in net.nodes if i != ld.id)
+    ld.node.transfer_leader(target)
+    net.run(2 * net.cfg.election_tick)
+    new = net.leader()
+    assert new is not None and new.id == target
