@@ -98,7 +98,9 @@ def run_churn(seed: int, n: int, steps: int, **cfg) -> Network:
             net.faults.blocked = set()
         net.step()
     net.heal()
-    net.wait_commit(max_steps=100 * net.cfg.election_tick)
+    # With one entry per MsgApp and two in flight, a follower that is a few
+    # hundred entries behind needs a few hundred round trips: allow for that.
+    net.wait_commit(max_steps=500 * net.cfg.election_tick)
     return net
 
 
