@@ -262,3 +262,56 @@ def test_coalesce_messages_merges_contiguous_msg_app_and_acks():
     ]
     out = coalesce_messages(big, 350)
     assert [len(m.entries) for m in out] == [3, 3, 3, 1]
+
+
+def test_status_reports_progress_only_on_leader():
+    node, st = new_node()
+    node.bootstrap([Peer(1)])
+    applied: list = []
+    drain(node, st, applied)
+    s = node.status()
+    assert s.id == 1 and s.progress == {} and s.soft_state.raft_state == StateType.FOLLOWER
+    node.campaign()
+    drain(node, st, applied)
+    s = node.status()
+    assert s.soft_state.lead == 1 and s.hard_state.term == 2
+    assert s.applied == applied[-1].index
+    pr = s.progress[1]
+    assert pr.match == st.last_index() and not pr.is_learner
+    assert s.lead_transferee == 0 and s.conf_state.voters == [1]
+    # The progress returned is a copy.
+    pr.match = 0
+    assert node.status().progress[1].match == st.last_index()
+
+
+def test_propose_conf_change_pending_is_refused_until_applied():
+    node, st = new_node()
+    node.bootstrap([Peer(1)])
+    applied: list = []
+    drain(node, st, applied)
+    node.campaign()
+    drain(node, st, applied)
+    node.propose_conf_change(ConfChange(type=ConfChangeType.ADD_LEARNER_NODE, node_id=2))
+    with pytest.raises(ProposalDropped):
+        node.propose_conf_change(ConfChange(type=ConfChangeType.ADD_LEARNER_NODE, node_id=3))
+    drain(node, st, applied)  # commits and applies the first change
+    assert node.status().conf_state.learners == [2]
+    node.propose_conf_change(ConfChange(type=ConfChangeType.ADD_LEARNER_NODE, node_id=3))
+
+
+def test_ready_hard_state_only_when_changed_and_must_sync():
+    node, st = new_node()
+    node.bootstrap([Peer(1), Peer(2)])
+    applied: list = []
+    drain(node, st, applied)
+    assert not node.has_ready()
+    node.campaign()  # pre-vote: no term change yet, only messages
+    rd = node.ready()
+    assert rd.hard_state is None and not rd.must_sync
+    assert [m.type for m in rd.messages] == [MessageType.PRE_VOTE]
+    node.advance(rd)
+    node.step(Message(MessageType.PRE_VOTE_RESP, to=1, frm=2, term=2))
+    rd = node.ready()
+    # Now a real election: term and vote changed and must be synced before sending.
+    assert rd.hard_state is not None and rd.hard_state.term == 2 and rd.hard_state.vote == 1
+    assert rd.must_sync
