@@ -318,7 +318,9 @@ class Raft:
             self.prs.progress[id_] = npr
         self.pending_conf_index = 0
         self.uncommitted_size = 0
+        # Read requests of a previous term are dropped; their callers retry.
         self.read_only = ReadOnly(self.read_only.option)
+        self.pending_read_index_messages = []
 
     def become_follower(self, term: int, lead: int) -> None:
         self._step = self._step_follower
