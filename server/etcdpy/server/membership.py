@@ -15,6 +15,10 @@ import struct
 from dataclasses import dataclass, field
 
 from etcdpy import errors
+from etcdpy.raft.types import ConfChangeType
+
+MAX_LEARNERS = 1
+"""etcd allows one learner at a time."""
 
 
 def compute_member_id(peer_urls: list[str], token: str, now_unix: int | None = None) -> int:
@@ -37,18 +41,25 @@ class Member:
     client_urls: list[str] = field(default_factory=list)
     is_learner: bool = False
 
-    def to_json(self) -> bytes:
-        """The ConfChange context encoding (etcd puts the member record there as JSON)."""
-        return json.dumps(
-            {
-                "id": self.id,
-                "name": self.name,
-                "peerURLs": self.peer_urls,
-                "clientURLs": self.client_urls,
-                "isLearner": self.is_learner,
-            },
-            sort_keys=True,
-        ).encode()
+    def to_json(self, promote: bool = False) -> bytes:
+        """The ConfChange context encoding (etcd puts the member record there as JSON).
+
+        `promote` marks an AddNode that turns an existing learner into a voter (etcd's IsPromote).
+        """
+        d: dict[str, object] = {
+            "id": self.id,
+            "name": self.name,
+            "peerURLs": self.peer_urls,
+            "clientURLs": self.client_urls,
+            "isLearner": self.is_learner,
+        }
+        if promote:
+            d["isPromote"] = True
+        return json.dumps(d, sort_keys=True).encode()
+
+    def is_started(self) -> bool:
+        """etcd counts a member as started once it has published its name."""
+        return bool(self.name)
 
     @classmethod
     def from_json(cls, data: bytes) -> "Member":
@@ -90,6 +101,73 @@ class RaftCluster:
 
     def member_ids(self) -> list[int]:
         return sorted(self.members)
+
+    def voting_members(self) -> list[Member]:
+        return [m for _, m in sorted(self.members.items()) if not m.is_learner]
+
+    def learners(self) -> list[Member]:
+        return [m for _, m in sorted(self.members.items()) if m.is_learner]
+
+    def peer_url_owner(self, url: str) -> int | None:
+        for m in self.members.values():
+            if url in m.peer_urls:
+                return m.id
+        return None
+
+    # -- etcd's quorum protection for reconfiguration (strict reconfig check) ------------------
+
+    def is_ready_to_add_voting_member(self) -> bool:
+        nmembers, nstarted = 1, 0
+        for m in self.voting_members():
+            nstarted += m.is_started()
+            nmembers += 1
+        if nstarted == 1 and nmembers == 2:
+            return True  # growing a one-member cluster (e.g. after a restore) must stay possible
+        return nstarted >= nmembers // 2 + 1
+
+    def is_ready_to_remove_voting_member(self, member_id: int) -> bool:
+        others = [m for m in self.voting_members() if m.id != member_id]
+        return sum(m.is_started() for m in others) >= len(others) // 2 + 1
+
+    def is_ready_to_promote_member(self) -> bool:
+        voters = self.voting_members()
+        nmembers, nstarted = len(voters) + 1, 1 + sum(m.is_started() for m in voters)
+        return nstarted >= nmembers // 2 + 1
+
+    def validate_conf_change(self, cc_type: ConfChangeType, node_id: int, context: bytes) -> None:
+        """Refuse a committed change that does not fit the membership (etcd's ValidateConfigurationChange).
+
+        Runs at apply time on every member, so all of them refuse the same changes.
+        """
+        if node_id in self.removed:
+            raise errors.ErrMemberNotFound()
+        if cc_type in (ConfChangeType.ADD_NODE, ConfChangeType.ADD_LEARNER_NODE):
+            d = json.loads(context) if context else {}
+            if d.get("isPromote"):
+                m = self.members.get(node_id)
+                if m is None:
+                    raise errors.ErrMemberNotFound()
+                if not m.is_learner:
+                    raise errors.ErrMemberNotLearner()
+                return
+            if node_id in self.members:
+                raise errors.ErrMemberExist()
+            for url in d.get("peerURLs") or []:
+                if self.peer_url_owner(url) is not None:
+                    raise errors.ErrPeerURLExist()
+            if cc_type == ConfChangeType.ADD_LEARNER_NODE and len(self.learners()) + 1 > MAX_LEARNERS:
+                raise errors.ErrTooManyLearners()
+        elif cc_type == ConfChangeType.REMOVE_NODE:
+            if node_id not in self.members:
+                raise errors.ErrMemberNotFound()
+        elif cc_type == ConfChangeType.UPDATE_NODE:
+            if node_id not in self.members:
+                raise errors.ErrMemberNotFound()
+            d = json.loads(context) if context else {}
+            for url in d.get("peerURLs") or []:
+                owner = self.peer_url_owner(url)
+                if owner is not None and owner != node_id:
+                    raise errors.ErrPeerURLExist()
 
     def get(self, member_id: int) -> Member | None:
         return self.members.get(member_id)
