@@ -137,9 +137,10 @@ class Lessor:
         for _key, value in backend.iterate(BUCKET_LEASE):
             rec = persist.decode(value)
             self._leases[rec.id] = Lease(id=rec.id, ttl=max(rec.ttl, self.min_ttl), remaining_ttl=rec.remaining_ttl)
-        for kv in _live_kvs(store):
-            if kv.lease:
-                self._attach(kv.key, kv.lease)
+        if self._leases:  # without leases no live key can hold one: revoke deletes them atomically
+            for kv in _live_kvs(store):
+                if kv.lease:
+                    self._attach(kv.key, kv.lease)
         if self._primary:
             self.promote(0.0)
 
