@@ -11,13 +11,20 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 from etcdpy import ETCD_VERSION, __version__
-from etcdpy.config import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_SNAPSHOT_COUNT, ServerConfig, url_host_port
+from etcdpy.config import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_SNAPSHOT_COUNT,
+    DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
+    ServerConfig,
+    url_host_port,
+)
 from etcdpy.log import LEVELS, setup_logging
 
 
@@ -50,6 +57,28 @@ def _positive_int(value: str) -> int:
     return n
 
 
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|ms|s|m|h)")
+
+
+def _duration(value: str) -> float:
+    """A Go duration ("10m", "100ms", "1m30s", "0") in seconds, as etcd's duration flags take."""
+    text = value.strip()
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text.lstrip("+-")
+    if body == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    for m in _DURATION_RE.finditer(body):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if not body or pos != len(body):
+        raise argparse.ArgumentTypeError(f"invalid duration {value!r}")
+    return sign * total
+
+
 def _log_level(value: str) -> str:
     if value not in LEVELS:
         raise argparse.ArgumentTypeError(f"unknown level {value!r} (want one of {', '.join(LEVELS)})")
@@ -80,6 +109,12 @@ FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("heartbeat-interval", _positive_int, 100, "time (in milliseconds) of a heartbeat interval"),
     ("election-timeout", _positive_int, 1000, "time (in milliseconds) for an election to timeout"),
     ("log-level", _log_level, "info", "debug, info, warn, error, panic or fatal"),
+    (
+        "experimental-watch-progress-notify-interval",
+        _duration,
+        DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
+        "duration of periodic watch progress notifications (Go duration, e.g. 10m, 500ms)",
+    ),
 ]
 
 
@@ -154,6 +189,10 @@ def config_from_args(argv: list[str], environ: dict[str, str] | None = None) -> 
         heartbeat_ms=v["heartbeat_interval"],
         election_ms=v["election_timeout"],
         log_level=v["log_level"],
+        # etcd keeps its default for a zero or negative interval.
+        watch_progress_notify_interval=v["experimental_watch_progress_notify_interval"]
+        if v["experimental_watch_progress_notify_interval"] > 0
+        else DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
     )
 
 

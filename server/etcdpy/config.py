@@ -12,6 +12,7 @@ MAX_GAP_BETWEEN_APPLY_AND_COMMIT = 5000
 DEFAULT_SNAPSHOT_COUNT = 100_000
 SNAPSHOT_CATCHUP_ENTRIES = 5000
 MAX_TXN_OPS = 128
+DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL = 600.0  # seconds (etcd: 10m)
 
 
 @dataclass
@@ -33,6 +34,7 @@ class ServerConfig:
     heartbeat_ms: int = 100
     election_ms: int = 1000
     log_level: str = "info"
+    watch_progress_notify_interval: float = DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL  # seconds
 
     def __post_init__(self) -> None:
         if not self.data_dir:

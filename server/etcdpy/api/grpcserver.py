@@ -10,6 +10,7 @@ from etcdpy.api.cluster import ClusterService
 from etcdpy.api.kv import KVService
 from etcdpy.api.lease import LeaseService
 from etcdpy.api.maintenance import MaintenanceService
+from etcdpy.api.watch import WatchService
 from etcdpy.config import url_host_port
 from etcdpy.pb import rpc_pb2_grpc
 from etcdpy.server.etcdserver import EtcdServer
@@ -39,6 +40,8 @@ def build_grpc_server(server: EtcdServer) -> grpc.aio.Server:
     rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(server), g)
     rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(server), g)
     rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(server), g)
+    # Watch writes pre-encoded responses, so it registers its own (pass-through) handler.
+    WatchService(server, cfg.max_request_bytes + GRPC_OVERHEAD_BYTES).add_to_server(g)
     for url in cfg.listen_client_urls:
         host, port, scheme = url_host_port(url, 2379)
         if scheme == "https":

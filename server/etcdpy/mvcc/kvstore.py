@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import BinaryIO
@@ -83,6 +84,8 @@ class KVStore:
     def __init__(self, path: str) -> None:
         self._path = path
         self._backend = Backend(path)
+        # Called as fn(revision, events) after every committed txn that changed something (watch).
+        self._observers: list[Callable[[int, Sequence[Event]], None]] = []
         self._reset_memory()
         self._restore()
 
@@ -263,6 +266,19 @@ class KVStore:
         txn = TxnWrite(self)
         self._txn = txn
         return txn
+
+    def add_observer(self, fn: Callable[[int, Sequence[Event]], None]) -> None:
+        """Call `fn(rev, events)` once per committed write txn, with all its events, in order.
+
+        This is the hook the watchable store hangs on: every write (put, delete,
+        txn, lease revoke...) goes through TxnWrite.end, so none can be missed.
+        Observers run synchronously and must not block or raise.
+        """
+        self._observers.append(fn)
+
+    def remove_observer(self, fn: Callable[[int, Sequence[Event]], None]) -> None:
+        if fn in self._observers:
+            self._observers.remove(fn)
 
     def _txn_done(self, txn: TxnWrite) -> None:
         if self._txn is txn:
@@ -593,6 +609,9 @@ class TxnWrite:
             s._current_rev = self.rev
         s._consistent_index = consistent_index
         s._consistent_term = consistent_term
+        if self.changes:
+            for fn in s._observers:
+                fn(self.rev, self.changes)
         return s._current_rev
 
     def abort(self) -> None:

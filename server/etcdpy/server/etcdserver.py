@@ -50,6 +50,7 @@ from etcdpy.server.raftnode import NullTransport, RaftNode
 from etcdpy.server.wait import Wait, WaitTime
 from etcdpy.snap import Snapshotter
 from etcdpy.wal import WAL, WalSnapshot, valid_snapshot_entries
+from etcdpy.watch import WatchableStore
 
 READ_INDEX_RETRY_SECONDS = 0.5
 
@@ -81,6 +82,7 @@ class EtcdServer:
         self.wait = Wait()
         self.applied_wait = WaitTime()
         self.kv: KVStore | None = None
+        self.watchable: WatchableStore | None = None  # watch: watchers over self.kv
         self.applier: Applier | None = None
         self.lessor: Lessor | None = None
         self.raft: RaftNode | None = None
@@ -110,6 +112,9 @@ class EtcdServer:
         if not os.access(cfg.data_dir, os.W_OK):
             raise StartupError(f"cannot access data directory {cfg.data_dir!r}: permission denied")
         self.kv = KVStore(cfg.backend_path)
+        # watch: notified by the KV store of every committed write txn; its sync/victim loops start here.
+        self.watchable = WatchableStore(self.kv, logger=self.log)
+        self.watchable.start()
         self.lessor = self._open_lessor(self.kv)
         self.applier = Applier(self.kv, self.lessor)
         if WAL.exists(cfg.wal_dir):
@@ -639,6 +644,8 @@ class EtcdServer:
             self._read_waiters.set_exception(errors.ErrStopped())
         if self.raft is not None:
             self.raft.close()
+        if self.watchable is not None:  # watch: stop its loops before the store closes
+            await self.watchable.stop()
         if self.kv is not None:
             self.kv.close()
         self.done.set()
