@@ -111,7 +111,9 @@ class Recorder:
 
 
 @contextlib.asynccontextmanager
-async def mesh(n: int, tmp_path: Path | None = None, **kw: Any) -> AsyncIterator[tuple[list[Transport], list[Recorder]]]:
+async def mesh(
+    n: int, tmp_path: Path | None = None, **kw: Any
+) -> AsyncIterator[tuple[list[Transport], list[Recorder]]]:
     """n started transports, each knowing all the others; stopped on exit."""
     ts: list[Transport] = []
     recs: list[Recorder] = []
@@ -160,7 +162,9 @@ snapshot_st = st.builds(
     metadata=st.builds(
         SnapshotMetadata,
         conf_state=st.builds(
-            ConfState, voters=st.lists(st.integers(1, U64), max_size=5), learners=st.lists(st.integers(1, U64), max_size=2)
+            ConfState,
+            voters=st.lists(st.integers(1, U64), max_size=5),
+            learners=st.lists(st.integers(1, U64), max_size=2),
         ),
         index=st.integers(0, U64),
         term=st.integers(0, U64),
@@ -363,10 +367,28 @@ def test_reconnects_after_receiver_restarts() -> None:
     run(main())
 
 
+def test_update_peer_moves_to_new_urls() -> None:
+    async def main() -> None:
+        async with mesh(2) as ((a, b), (_, rb)):
+            a.remove_peer(b.member_id)
+            a.add_peer(b.member_id, [f"http://127.0.0.1:{free_port()}"])  # a stale URL first
+            a.send([app(a.member_id, b.member_id, 1)])
+            await asyncio.sleep(0.2)
+            assert not rb.messages and a.active_since(b.member_id) is None
+            a.update_peer(b.member_id, b.bound_urls)  # the queued message survives the move
+            await wait_until(lambda: len(rb.messages) == 1, what="delivery at the new URL")
+            assert a.peer_status(b.member_id).urls == b.bound_urls  # type: ignore[union-attr]
+
+    run(main())
+
+
 async def raw_stream(target: Transport, header: peer_pb2.PeerHeader, batches: list[list[Message]]) -> grpc.StatusCode:
     """Talk to `target` without a Transport: open a stream, send batches, return the final status."""
     async with grpc.aio.insecure_channel(target.bound_urls[0].removeprefix("http://")) as ch:
-        call = ch.stream_stream(METHOD_STREAM, request_serializer=None, response_deserializer=peer_pb2.StreamResponse.FromString)()
+        mc = ch.stream_stream(
+            METHOD_STREAM, request_serializer=None, response_deserializer=peer_pb2.StreamResponse.FromString
+        )
+        call = mc()
         await call.write(peer_pb2.StreamRequest(header=header).SerializeToString())
         try:
             first = await call.read()
@@ -457,7 +479,8 @@ def test_snapshot_streams_a_real_backend(tmp_path: Path) -> None:
                 a.snapshot_source = lambda m: src.open_snapshot()
                 b.on_snapshot = install
                 meta = SnapshotMetadata(ConfState(voters=[a.member_id, b.member_id]), index=1000, term=4)
-                snap = Message(MT.SNAP, to=b.member_id, frm=a.member_id, term=4, snapshot=Snapshot(b'{"members":[]}', meta))
+                snapshot = Snapshot(b'{"members":[]}', meta)
+                snap = Message(MT.SNAP, to=b.member_id, frm=a.member_id, term=4, snapshot=snapshot)
                 a.send([snap])
                 await wait_until(lambda: ra.snapshots, timeout=20, what="snapshot report")
                 assert ra.snapshots == [(b.member_id, False)]
@@ -556,7 +579,9 @@ def test_members_and_lease_forwarding() -> None:
     async def main() -> None:
         async with mesh(2) as ((a, b), _):
             members = [
-                RemoteMember(id=IDS[0], name="m0", peer_urls=a.bound_urls, client_urls=["http://127.0.0.1:2379"], is_learner=False),
+                RemoteMember(
+                    id=IDS[0], name="m0", peer_urls=a.bound_urls, client_urls=["http://c0:2379"], is_learner=False
+                ),
                 RemoteMember(id=IDS[1], name="m1", peer_urls=b.bound_urls, client_urls=[], is_learner=True),
             ]
             a.members_provider = lambda: (0xC1, members)

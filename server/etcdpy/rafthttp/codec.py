@@ -95,7 +95,7 @@ class EntryCache:
 
     __slots__ = ("_d", "_bytes", "max_entries", "max_bytes", "hits", "misses")
 
-    def __init__(self, max_entries: int = 8192, max_bytes: int = 32 << 20) -> None:
+    def __init__(self, max_entries: int = 65536, max_bytes: int = 32 << 20) -> None:
         self._d: dict[tuple[int, int], bytes] = {}
         self._bytes = 0
         self.max_entries = max_entries

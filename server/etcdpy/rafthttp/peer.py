@@ -79,7 +79,6 @@ class PeerSender:
         self._queued_bytes = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._ping_task: asyncio.Task[None] | None = None
         self._ping_due = False
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._snap_channels: dict[str, grpc.aio.Channel] = {}
@@ -104,7 +103,7 @@ class PeerSender:
     async def close(self) -> None:
         """Stop sending; queued messages are discarded, snapshot transfers cancelled."""
         self._closed = True
-        tasks = [t for t in (self._task, self._ping_task, *self._snap_tasks) if t is not None]
+        tasks = [t for t in (self._task, *self._snap_tasks) if t is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -129,29 +128,28 @@ class PeerSender:
         await self._close_channels(gone)
 
     async def restart_stream(self) -> None:
-        """Tear the current stream down and start over (URL change, fault injection)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        """Tear the current stream down and start over (after a URL change)."""
+        task, self._task = self._task, None  # a concurrent restart must not start a second loop
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         self._deactivate("stream restarted")
-        self.start()
+        if self._task is None:
+            self.start()
 
     def blocked(self) -> bool:
         return self.t.faults.is_blocked(self.id, self.urls)
 
-    async def on_faults_changed(self) -> None:
-        """A newly blocked peer loses its stream, queue and snapshot transfers at once."""
-        if not self.blocked():
-            self._wake.set()
-            return
-        self.dropped_messages += len(self._queue)
-        self._queue.clear()
-        self._queued_bytes = 0
-        for t in list(self._snap_tasks):
-            t.cancel()
-        if self.active_since is not None:
-            await self.restart_stream()
+    def on_faults_changed(self) -> None:
+        """A newly blocked peer loses its queue and snapshot transfers at once, and its stream
+        as soon as the writer wakes up (it checks the block before every write)."""
+        if self.blocked():
+            self.dropped_messages += len(self._queue)
+            self._queue.clear()
+            self._queued_bytes = 0
+            for t in list(self._snap_tasks):
+                t.cancel()
+        self._wake.set()
 
     # -- the queue -------------------------------------------------------------------------
 
@@ -254,14 +252,13 @@ class PeerSender:
                 await _raise_call_error(call)
             self._activate(url)
             reader = asyncio.create_task(self._read_responses(call))
-            self._ping_task = asyncio.create_task(self._ping_loop())
+            pinger = asyncio.create_task(self._ping_loop())
             try:
                 await self._write_loop(call, reader)
             finally:
-                for t in (reader, self._ping_task):
+                for t in (reader, pinger):
                     t.cancel()
-                await asyncio.gather(reader, self._ping_task, return_exceptions=True)
-                self._ping_task = None
+                await asyncio.gather(reader, pinger, return_exceptions=True)
         finally:
             call.cancel()
 
@@ -369,7 +366,8 @@ class PeerSender:
                 source.close()
             if ok:
                 self.snapshots_sent += 1
-                t.log.info("sent database snapshot", extra={"fields": {"peer-id": f"{self.id:x}", "snapshot-index": index}})
+                fields = {"peer-id": f"{self.id:x}", "snapshot-index": index}
+                t.log.info("sent database snapshot", extra={"fields": fields})
             else:
                 self.snapshot_failures += 1
                 t.call_report_unreachable(self.id)

@@ -97,10 +97,13 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         except CodecError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if m.type != MessageType.SNAP or m.snapshot is None or m.to != t.member_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first snapshot chunk must carry a MsgSnap for this member")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "first snapshot chunk must carry a MsgSnap for this member"
+            )
         frm = first.header.from_id
         index = m.snapshot.metadata.index
-        t.log.info("receiving database snapshot", extra={"fields": {"remote-peer-id": f"{frm:x}", "snapshot-index": index}})
+        fields = {"remote-peer-id": f"{frm:x}", "snapshot-index": index}
+        t.log.info("receiving database snapshot", extra={"fields": fields})
         final = snapshot_db_path(t.snapshot_dir, index)
         tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
         handed_over = False
@@ -161,7 +164,9 @@ class PeerService(peer_pb2_grpc.PeerServicer):
 
     # -- unary calls -----------------------------------------------------------------------
 
-    async def Members(self, request: peer_pb2.MembersRequest, context: grpc.aio.ServicerContext) -> peer_pb2.MembersResponse:
+    async def Members(
+        self, request: peer_pb2.MembersRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.MembersResponse:
         provider = self.t.members_provider
         if provider is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "member list not available yet")

@@ -253,7 +253,8 @@ class Transport:
         self._peers[peer_id] = p
         if self._started and not self._stopped:
             p.start()
-        self.log.info("added remote peer", extra={"fields": {"remote-peer-id": f"{peer_id:x}", "remote-peer-urls": list(urls)}})
+        fields = {"remote-peer-id": f"{peer_id:x}", "remote-peer-urls": p.urls}
+        self.log.info("added remote peer", extra={"fields": fields})
 
     def remove_peer(self, peer_id: int) -> None:
         """The member was removed from the cluster: stop sending to it and refuse it from now on."""
@@ -275,7 +276,8 @@ class Transport:
             self._spawn(p.update_urls(new), f"rafthttp-update-{peer_id:x}")
         else:
             p.urls = new
-        self.log.info("updated remote peer", extra={"fields": {"remote-peer-id": f"{peer_id:x}", "remote-peer-urls": new}})
+        fields = {"remote-peer-id": f"{peer_id:x}", "remote-peer-urls": new}
+        self.log.info("updated remote peer", extra={"fields": fields})
 
     def peer_ids(self) -> list[int]:
         return sorted(self._peers)
@@ -367,8 +369,8 @@ class Transport:
     def _faults_changed(self) -> None:
         if self._stopped:
             return
-        for p in list(self._peers.values()):
-            self._spawn(p.on_faults_changed(), f"rafthttp-fault-{p.id:x}")
+        for p in self._peers.values():
+            p.on_faults_changed()
 
     # -- helpers for PeerSender ------------------------------------------------------------
 
