@@ -535,6 +535,9 @@ def test_fault_file_blocks_and_unblocks_traffic(tmp_path: Path, monkeypatch: pyt
             assert b.member_id in ra.unreachable
             with pytest.raises(PeerUnreachable):
                 await a.lease_renew(b.member_id, 1, timeout=1)
+            snap = Snapshot(b"", SnapshotMetadata(ConfState(voters=[a.member_id]), index=5, term=1))
+            a.send([Message(MT.SNAP, to=b.member_id, frm=a.member_id, term=1, snapshot=snap)])
+            assert ra.snapshots == [(b.member_id, True)]
             # Healing: traffic flows again in both directions.
             write_faults([])
             await connected([a, b])

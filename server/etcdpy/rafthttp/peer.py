@@ -397,7 +397,10 @@ class PeerSender:
             finally:
                 close = getattr(it, "close", None)
                 if close is not None:
-                    close()
+                    try:
+                        close()
+                    except ValueError:
+                        pass  # still running on the worker thread (cancelled): it ends with the GC
         yield peer_pb2.SnapshotChunk(last=True, size=total).SerializeToString()
 
     # -- unary calls -----------------------------------------------------------------------
