@@ -10,7 +10,7 @@ a log, so slices can share them without copying.
 from __future__ import annotations
 
 from .errors import ErrCompacted, ErrUnavailable
-from .storage import Storage, limit_size
+from .storage import Storage, limit_size, size_limited_end
 from .types import Entry, Snapshot
 
 
@@ -82,12 +82,13 @@ class Unstable:
             del self.entries[after - self.offset :]
             self.entries.extend(ents)
 
-    def slice(self, lo: int, hi: int) -> list[Entry]:
+    def slice(self, lo: int, hi: int, max_size: int | None = None) -> list[Entry]:
         if lo > hi or lo < self.offset or hi > self.offset + len(self.entries):
             raise RaftInvariantError(
                 f"unstable.slice[{lo},{hi}) out of bound [{self.offset},{self.offset + len(self.entries)}]"
             )
-        return self.entries[lo - self.offset : hi - self.offset]
+        lo_pos = lo - self.offset
+        return self.entries[lo_pos : size_limited_end(self.entries, lo_pos, hi - self.offset, max_size)]
 
 
 class RaftLog:
@@ -235,9 +236,11 @@ class RaftLog:
                 return stored
             ents = stored
         if hi > uoff:
-            unst = self.unstable.slice(max(lo, uoff), hi)
-            ents = ents + unst if ents else unst
-        return limit_size(ents, max_size)
+            if not ents:
+                return self.unstable.slice(max(lo, uoff), hi, max_size)
+            ents = ents + self.unstable.slice(uoff, hi, max_size)
+            return limit_size(ents, max_size)
+        return ents
 
     def _check_bounds(self, lo: int, hi: int) -> None:
         if lo > hi:

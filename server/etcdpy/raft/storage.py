@@ -30,6 +30,24 @@ class Storage(Protocol):
     def snapshot(self) -> Snapshot: ...
 
 
+def size_limited_end(ents: list[Entry], lo: int, hi: int, max_size: int | None) -> int:
+    """End position in ents[lo:hi] so the range is within `max_size` bytes (at least one entry).
+
+    Looks only at the entries it keeps, so taking a small batch from the front
+    of a long range costs O(batch), not O(range).
+    """
+    if max_size is None or hi - lo <= 1:
+        return hi
+    size = entry_size(ents[lo])
+    end = lo + 1
+    while end < hi:
+        size += entry_size(ents[end])
+        if size > max_size:
+            break
+        end += 1
+    return end
+
+
 def limit_size(ents: list[Entry], max_size: int | None) -> list[Entry]:
     """Return the longest prefix of `ents` within `max_size` bytes (always at least one entry)."""
     if max_size is None or len(ents) <= 1:
@@ -73,7 +91,8 @@ class MemoryStorage:
             raise ValueError(f"entries' hi({hi}) is out of bound lastindex({self._last_index()})")
         if len(self.ents) == 1:  # only the dummy entry
             raise ErrUnavailable("no entries")
-        return limit_size(self.ents[lo - offset : hi - offset], max_size)
+        lo_pos = lo - offset
+        return self.ents[lo_pos : size_limited_end(self.ents, lo_pos, hi - offset, max_size)]
 
     def term(self, i: int) -> int:
         offset = self.ents[0].index
