@@ -6,7 +6,7 @@ import pytest
 
 from etcdpy.raft import ProposalDropped
 from etcdpy.raft.tracker import ProgressState
-from etcdpy.raft.types import NONE, Entry, Message, StateType
+from etcdpy.raft.types import NONE, Entry, StateType
 from raft_harness import (
     MT,
     BlackHole,

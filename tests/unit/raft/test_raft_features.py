@@ -27,7 +27,6 @@ from raft_harness import (
     new_test_raft,
     next_ents,
     read_messages,
-    set_hard,
     storage_with,
 )
 
