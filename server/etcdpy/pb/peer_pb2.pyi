@@ -99,3 +99,17 @@ class LeaseTimeToLiveResponse(_message.Message):
     response: _rpc_pb2.LeaseTimeToLiveResponse
     error: str
     def __init__(self, response: _Optional[_Union[_rpc_pb2.LeaseTimeToLiveResponse, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class MemberPromoteRequest(_message.Message):
+    __slots__ = ("header", "ID")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    header: PeerHeader
+    ID: int
+    def __init__(self, header: _Optional[_Union[PeerHeader, _Mapping]] = ..., ID: _Optional[int] = ...) -> None: ...
+
+class MemberPromoteResponse(_message.Message):
+    __slots__ = ("error",)
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    error: str
+    def __init__(self, error: _Optional[str] = ...) -> None: ...

@@ -59,6 +59,11 @@ class PeerStub:
                 request_serializer=etcdpy_dot_pb_dot_peer__pb2.LeaseTimeToLiveRequest.SerializeToString,
                 response_deserializer=etcdpy_dot_pb_dot_peer__pb2.LeaseTimeToLiveResponse.FromString,
                 _registered_method=True)
+        self.MemberPromote = channel.unary_unary(
+                '/etcdpypeerpb.Peer/MemberPromote',
+                request_serializer=etcdpy_dot_pb_dot_peer__pb2.MemberPromoteRequest.SerializeToString,
+                response_deserializer=etcdpy_dot_pb_dot_peer__pb2.MemberPromoteResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -107,6 +112,14 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MemberPromote(self, request, context):
+        """MemberPromote, forwarded by a follower to the leader: only the leader knows how far
+        the learner's log has come (etcd's POST /members/promote/<id>).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -134,6 +147,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.LeaseTimeToLive,
                     request_deserializer=etcdpy_dot_pb_dot_peer__pb2.LeaseTimeToLiveRequest.FromString,
                     response_serializer=etcdpy_dot_pb_dot_peer__pb2.LeaseTimeToLiveResponse.SerializeToString,
+            ),
+            'MemberPromote': grpc.unary_unary_rpc_method_handler(
+                    servicer.MemberPromote,
+                    request_deserializer=etcdpy_dot_pb_dot_peer__pb2.MemberPromoteRequest.FromString,
+                    response_serializer=etcdpy_dot_pb_dot_peer__pb2.MemberPromoteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -271,6 +289,33 @@ class Peer:
             '/etcdpypeerpb.Peer/LeaseTimeToLive',
             etcdpy_dot_pb_dot_peer__pb2.LeaseTimeToLiveRequest.SerializeToString,
             etcdpy_dot_pb_dot_peer__pb2.LeaseTimeToLiveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MemberPromote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/etcdpypeerpb.Peer/MemberPromote',
+            etcdpy_dot_pb_dot_peer__pb2.MemberPromoteRequest.SerializeToString,
+            etcdpy_dot_pb_dot_peer__pb2.MemberPromoteResponse.FromString,
             options,
             channel_credentials,
             insecure,

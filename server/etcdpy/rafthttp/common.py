@@ -12,6 +12,7 @@ METHOD_STREAM = f"/{SERVICE}/Stream"
 METHOD_SNAPSHOT = f"/{SERVICE}/Snapshot"
 METHOD_MEMBERS = f"/{SERVICE}/Members"
 METHOD_LEASE_RENEW = f"/{SERVICE}/LeaseRenew"
+METHOD_MEMBER_PROMOTE = f"/{SERVICE}/MemberPromote"
 METHOD_LEASE_TTL = f"/{SERVICE}/LeaseTimeToLive"
 
 # Rejection texts (gRPC status details). The first is etcd's own wording: a member that reads

@@ -191,6 +191,19 @@ class PeerService(peer_pb2_grpc.PeerServicer):
             return peer_pb2.LeaseRenewResponse(error=e.message)
         return peer_pb2.LeaseRenewResponse(TTL=int(ttl))  # type: ignore[call-overload]
 
+    async def MemberPromote(
+        self, request: peer_pb2.MemberPromoteRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.MemberPromoteResponse:
+        await self._check(request.header, context)
+        handler = self.t.on_member_promote
+        if handler is None:
+            return peer_pb2.MemberPromoteResponse(error=errors.ErrNotCapable.message)
+        try:
+            await _maybe_await(handler(request.ID))
+        except errors.EtcdError as e:
+            return peer_pb2.MemberPromoteResponse(error=e.message)
+        return peer_pb2.MemberPromoteResponse()
+
     async def LeaseTimeToLive(
         self, request: peer_pb2.LeaseTimeToLiveRequest, context: grpc.aio.ServicerContext
     ) -> peer_pb2.LeaseTimeToLiveResponse:

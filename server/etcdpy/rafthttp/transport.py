@@ -40,6 +40,7 @@ from .common import (
     ERR_MEMBER_REMOVED,
     ERR_WRONG_MEMBER,
     METHOD_LEASE_RENEW,
+    METHOD_MEMBER_PROMOTE,
     METHOD_LEASE_TTL,
     METHOD_MEMBERS,
     PeerUnreachable,
@@ -146,6 +147,7 @@ class Transport:
         on_lease_renew: Callable[[int], Awaitable[int] | int] | None = None,
         on_lease_time_to_live: Callable[[int, bool], Awaitable[rpc_pb2.LeaseTimeToLiveResponse]] | None = None,
         on_rtt: Callable[[int, float], None] = _noop,
+        on_member_promote: Callable[[int], Awaitable[object] | object] | None = None,
         options: TransportOptions | None = None,
         fault_file: str | None = None,
         logger: logging.Logger | None = None,
@@ -172,6 +174,7 @@ class Transport:
         self.on_lease_renew = on_lease_renew
         self.on_lease_time_to_live = on_lease_time_to_live
         self.on_rtt = on_rtt
+        self.on_member_promote = on_member_promote
         self.options = options or TransportOptions()
         self.log = logger or logging.getLogger("etcdpy.rafthttp")
         path = os.environ.get(ENV_FAULT_FILE) if fault_file is None else fault_file
@@ -490,6 +493,13 @@ class Transport:
         if resp.error:  # type: ignore[attr-defined]
             raise error_from_message(resp.error)  # type: ignore[attr-defined]
         return int(resp.TTL)  # type: ignore[attr-defined]
+
+    async def member_promote(self, peer_id: int, member_id: int, timeout: float = 5.0) -> None:
+        """Forward MemberPromote to `peer_id` (the leader); its EtcdError is raised here."""
+        req = peer_pb2.MemberPromoteRequest(header=self.peer_header(peer_id), ID=member_id).SerializeToString()
+        resp = await self._peer(peer_id).unary(METHOD_MEMBER_PROMOTE, req, peer_pb2.MemberPromoteResponse, timeout)
+        if resp.error:  # type: ignore[attr-defined]
+            raise error_from_message(resp.error)  # type: ignore[attr-defined]
 
     async def lease_time_to_live(
         self, peer_id: int, lease_id: int, keys: bool = False, timeout: float = 5.0
