@@ -517,3 +517,173 @@ def test_slow_consumers_lose_nothing_and_never_block_writes(kv: KVStore) -> None
         assert seen_victims > 10 and seen_unsynced_after_start > 0  # every path was exercised
 
     asyncio.run(run())
+
+
+# -- the API layer's stream logic (etcdpy.api.watch), without gRPC -------------------------
+
+from etcdpy.api import watch as api_watch  # noqa: E402
+from etcdpy.config import ServerConfig  # noqa: E402
+from etcdpy.pb import rpc_pb2  # noqa: E402
+
+
+class _FakeProgress:
+    term = 3
+
+
+class _FakeServer:
+    """The few EtcdServer members the Watch service uses."""
+
+    def __init__(self, store: WatchableStore, lead: int = 1, election_ms: int = 1000) -> None:
+        self.watchable = store
+        self.lead = lead
+        self.progress = _FakeProgress()
+        self.cfg = ServerConfig(election_ms=election_ms, watch_progress_notify_interval=600.0)
+
+    def fill_header(self, header: rpc_pb2.ResponseHeader, with_revision: bool = True) -> None:
+        header.cluster_id, header.member_id, header.raft_term = 11, 22, self.progress.term
+        if with_revision and header.revision == 0:
+            header.revision = self.watchable.rev()
+
+
+def _api_stream(store: WatchableStore, max_bytes: int = 1 << 21, **kw: int) -> api_watch.ServerWatchStream:
+    service = api_watch.WatchService(_FakeServer(store, **kw), max_bytes)  # type: ignore[arg-type]
+    return api_watch.ServerWatchStream(service, store.new_watch_stream())
+
+
+def _create(sws: api_watch.ServerWatchStream, **kw: object) -> None:
+    sws.handle(rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(**kw)))  # type: ignore[arg-type]
+
+
+def _wire(sws: api_watch.ServerWatchStream) -> list[rpc_pb2.WatchResponse]:
+    """Everything queued on the stream, encoded as the send loop would, parsed back."""
+    out = []
+    for item in sws.ws.ch.take():
+        datas = sws._encode(item) if isinstance(item, WatchResponse) else [item.SerializeToString()]
+        out += [rpc_pb2.WatchResponse.FromString(d) for d in datas]
+    return out
+
+
+def test_split_fragments_packs_events_under_the_limit() -> None:
+    entries = [b"e" * n for n in (40, 40, 40, 100, 10)]
+    assert api_watch.split_fragments(b"P", b"PF", entries[:1], 50) == [b"P" + entries[0]]  # one event: never split
+    assert api_watch.split_fragments(b"P", b"PF", entries[:2], 1000) == [b"P" + entries[0] + entries[1]]
+    parts = api_watch.split_fragments(b"P", b"PF", entries, 90)
+    assert parts == [b"PF" + b"e" * 80, b"PF" + b"e" * 40, b"PF" + b"e" * 100, b"P" + b"e" * 10]
+
+
+def test_encoded_responses_parse_back_with_prev_kv_and_fragments(kv: KVStore, store: WatchableStore) -> None:
+    r1 = put(kv, b"e/a", b"1" * 100)
+    sws = _api_stream(store, max_bytes=150)
+    _create(sws, key=b"e/", range_end=b"e0", prev_kv=True, fragment=True)
+    _create(sws, key=b"e/a", watch_id=9)
+    rev = txn(kv, b"e/a", b"e/b", b"e/c")
+    created, created9, *rest = _wire(sws)
+    assert (created.created, created.watch_id, created.header.revision, created.header.raft_term) == (True, 0, r1, 3)
+    assert (created9.watch_id, created9.header.cluster_id) == (9, 11)
+    frags = [r for r in rest if r.watch_id == 0]
+    assert [r.fragment for r in frags] == [True] * (len(frags) - 1) + [False] and len(frags) >= 2
+    assert all(r.ByteSize() < 150 for r in frags if len(r.events) > 1)
+    events = [e for r in frags for e in r.events]
+    assert [(e.kv.key, e.kv.mod_revision) for e in events] == [(b"e/a", rev), (b"e/b", rev), (b"e/c", rev)]
+    assert events[0].prev_kv.value == b"1" * 100 and not events[1].HasField("prev_kv")
+    (r9,) = [r for r in rest if r.watch_id == 9]
+    assert (r9.header.revision, len(r9.events), r9.events[0].HasField("prev_kv")) == (rev, 1, False)
+
+
+def test_one_encoding_and_one_prev_read_per_event_for_all_watchers(kv: KVStore, store: WatchableStore) -> None:
+    put(kv, b"s", b"old")
+    streams = [_api_stream(store) for _ in range(3)]
+    for sws in streams:
+        for _ in range(5):
+            _create(sws, key=b"s", prev_kv=True)
+    reads = 0
+    real = api_watch.ServerWatchStream._read_prev
+
+    def counting(self: api_watch.ServerWatchStream, ev: Event) -> object:
+        nonlocal reads
+        reads += 1
+        return real(self, ev)
+
+    api_watch.ServerWatchStream._read_prev = counting  # type: ignore[method-assign]
+    try:
+        put(kv, b"s", b"new")
+        got = [r for sws in streams for r in _wire(sws) if r.events]
+    finally:
+        api_watch.ServerWatchStream._read_prev = real  # type: ignore[method-assign]
+    assert len(got) == 15 and reads == 1
+    assert {r.events[0].prev_kv.value for r in got} == {b"old"}
+
+
+def test_stream_requests_map_to_etcd_responses(kv: KVStore, store: WatchableStore) -> None:
+    sws = _api_stream(store)
+    _create(sws, key=b"a", watch_id=4)
+    _create(sws, key=b"b", watch_id=4)
+    _create(sws, key=b"z", range_end=b"a")
+    _create(sws, key=b"", range_end=b"\x00")  # everything
+    _create(sws, key=b"a", start_revision=-1)
+    sws.handle(rpc_pb2.WatchRequest(cancel_request=rpc_pb2.WatchCancelRequest(watch_id=4)))
+    sws.handle(rpc_pb2.WatchRequest(cancel_request=rpc_pb2.WatchCancelRequest(watch_id=77)))
+    got = _wire(sws)
+    assert [(r.watch_id, r.created, r.canceled, r.cancel_reason) for r in got] == [
+        (4, True, False, ""),
+        (-1, True, True, "mvcc: duplicate watch ID provided on the WatchStream"),
+        (-1, True, True, "mvcc: watcher range is empty"),
+        (0, True, False, ""),
+        (-1, True, True, "etcdserver: mvcc: required revision has been compacted"),
+        (4, False, True, ""),
+    ]
+    w = sws.ws.watchers[0]
+    assert (w.key, w.end) == (b"\x00", b"")
+
+
+def test_progress_request_is_deferred_until_all_watchers_are_synced(kv: KVStore, store: WatchableStore) -> None:
+    async def run() -> None:
+        r1 = put(kv, b"d")
+        put(kv, b"d")
+        sws = _api_stream(store)
+        _create(sws, key=b"d", start_revision=r1)
+        sws.handle(rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest()))
+        assert sws.deferred_progress
+        written: list[rpc_pb2.WatchResponse] = []
+
+        async def write(data: bytes) -> None:
+            written.append(rpc_pb2.WatchResponse.FromString(data))
+
+        sender = asyncio.create_task(sws.send_loop(write))
+        await asyncio.sleep(0)
+        store.sync_watchers()
+        deadline = time.monotonic() + 5
+        while not written or written[-1].watch_id != -1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        sender.cancel()
+        assert [len(r.events) for r in written] == [0, 2, 0]  # created, history, then progress
+        assert written[-1].header.revision == kv.current_rev and not sws.deferred_progress
+
+    asyncio.run(run())
+
+
+def test_streams_requiring_a_leader_end_after_three_election_timeouts_without_one(store: WatchableStore) -> None:
+    async def run() -> None:
+        sws = _api_stream(store, lead=0, election_ms=20)
+        t0 = time.monotonic()
+        sws.service._track_leader(sws)
+        async with asyncio.timeout(5):
+            await sws.no_leader.wait()
+        assert time.monotonic() - t0 >= 0.06
+
+        with_leader = _api_stream(store, lead=1, election_ms=20)
+        with_leader.service._track_leader(with_leader)
+        await asyncio.sleep(0.15)
+        assert not with_leader.no_leader.is_set()
+        with_leader.service._leader_streams.clear()
+
+    asyncio.run(run())
+
+
+def test_progress_interval_has_jitter_and_a_floor(store: WatchableStore) -> None:
+    sws = _api_stream(store)
+    vals = {sws.service.progress_interval() for _ in range(20)}
+    assert all(600.0 <= v <= 660.0 for v in vals) and len(vals) > 1
+    sws.server.cfg.watch_progress_notify_interval = 0.001
+    assert 0.1 <= sws.service.progress_interval() <= 0.11

@@ -168,6 +168,8 @@ class WatchableStore:
             w.min_rev = rev + 1
 
     def _park(self, w: Watcher, resp: WatchResponse, next_rev: int) -> None:
+        if not self.victims:
+            self.log.debug("slow watch consumer: parking watchers as victims", extra={"fields": {"watch-id": w.id}})
         w.victim = True
         w.min_rev = next_rev
         self.victims[w] = (resp, next_rev)
