@@ -559,6 +559,19 @@ def test_slow_reader_loses_nothing(client: GrpcClient, prefix: str, watch: Any) 
     assert [ev.kv.mod_revision for _, ev in slow.events(400, timeout=60)] == revs
 
 
+def test_lease_revoke_notifies_deletes_in_one_response(client: GrpcClient, prefix: str, watch: Any) -> None:
+    pb = client.pb
+    p = prefix.encode()
+    lease = client.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=60), timeout=TIMEOUT).ID
+    for k in (b"l1", b"l2"):
+        client.kv.Put(pb.PutRequest(key=p + k, value=b"v", lease=lease), timeout=TIMEOUT)
+    w = watch()
+    w.created(p, prefix_end(p))
+    rev = int(client.lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=lease), timeout=TIMEOUT).header.revision)
+    resp = w.next()
+    assert sorted(ev_tuple(e) for e in resp.events) == [("DELETE", p + b"l1", b"", rev), ("DELETE", p + b"l2", b"", rev)]
+
+
 def test_hasleader_metadata_on_a_healthy_member(client: GrpcClient, prefix: str, watch: Any) -> None:
     p = prefix.encode()
     w = watch(metadata=(("hasleader", "true"),))
