@@ -21,9 +21,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Cluster, GrpcClient, Member, pb_available, target  # noqa: E402
+from harness import Cluster, GrpcClient, Member, NetworkFaults, pb_available, target  # noqa: E402
 
 _MEMBERS_KEY = pytest.StashKey[list[Member]]()
+_CLUSTERS_KEY = pytest.StashKey[list[Cluster]]()
 
 
 def _track(request: pytest.FixtureRequest, *members: Member) -> None:
@@ -32,12 +33,26 @@ def _track(request: pytest.FixtureRequest, *members: Member) -> None:
     node.stash.setdefault(_MEMBERS_KEY, []).extend(members)
 
 
+def track_cluster(request: pytest.FixtureRequest, cluster: Cluster) -> None:
+    """Remember a cluster: members added (or removed) later also get their logs reported."""
+    request.node.stash.setdefault(_CLUSTERS_KEY, []).append(cluster)
+
+
+def _reported_members(item: pytest.Item) -> list[Member]:
+    seen: list[Member] = []
+    clusters = item.stash.get(_CLUSTERS_KEY, [])
+    for m in [*item.stash.get(_MEMBERS_KEY, []), *(x for c in clusters for x in [*c.members, *c.removed])]:
+        if all(m is not s for s in seen):
+            seen.append(m)
+    return seen
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
     outcome = yield
     report = outcome.get_result()
     if report.failed:
-        for m in item.stash.get(_MEMBERS_KEY, []):
+        for m in _reported_members(item):
             report.sections.append((f"{target()} member {m.name} ({m.endpoint}) logs", m.log_tail(80)))
 
 
@@ -81,14 +96,45 @@ def prefix(request: pytest.FixtureRequest) -> str:
     return f"/t/{name}/{uuid.uuid4().hex[:8]}/"
 
 
+@pytest.fixture(scope="session")
+def _network_faults_session() -> Iterator[NetworkFaults]:
+    """The session's iptables/cgroup partition machinery (probed lazily, cleaned at the end).
+
+    Not probed here: sessions that never partition anything must not touch iptables.
+    """
+    faults = NetworkFaults()
+    yield faults
+    if faults._probed:
+        faults.close()
+
+
+@pytest.fixture
+def network_faults(_network_faults_session: NetworkFaults) -> NetworkFaults:
+    """Partition support, or a skip saying why it is unavailable (not root, no iptables, ...).
+
+    The first use in a session probes iptables end to end and removes rules and
+    cgroups left behind by earlier runs that died.
+    """
+    reason = _network_faults_session.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"network partitions unavailable: {reason}")
+    return _network_faults_session
+
+
 @pytest.fixture
 def make_cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Callable[..., Cluster]]:
-    """Factory for fresh clusters with custom size/flags; all are torn down after the test."""
+    """Factory for fresh clusters with custom size/flags; all are torn down after the test.
+
+    ``net=True`` enrolls the members for `Cluster.partition` (skips the test when
+    partitions are unavailable here).
+    """
     made: list[Cluster] = []
 
-    def make(size: int = 1, extra_args: tuple[str, ...] | list[str] = ()) -> Cluster:
-        cluster = Cluster(tmp_path_factory.mktemp("cluster"), size=size, extra_args=extra_args)
+    def make(size: int = 1, extra_args: tuple[str, ...] | list[str] = (), net: bool = False) -> Cluster:
+        faults = request.getfixturevalue("network_faults") if net else None
+        cluster = Cluster(tmp_path_factory.mktemp("cluster"), size=size, extra_args=extra_args, net=faults)
         made.append(cluster)
+        track_cluster(request, cluster)
         try:
             cluster.start()
         finally:

@@ -34,6 +34,7 @@ import fcntl
 import json as jsonlib
 import os
 import random
+import shlex
 import shutil
 import signal
 import socket
@@ -124,18 +125,27 @@ class PortReservation:
         self.release()
 
 
-def _bindable(port: int) -> bool:
-    """True when nothing listens on 127.0.0.1:port right now (plain bind, no SO_REUSEADDR)."""
+def _bindable(port: int, host: str = "127.0.0.1") -> bool:
+    """True when nothing listens on host:port right now (plain bind, no SO_REUSEADDR).
+
+    Checking 127.0.0.1 also catches wildcard (0.0.0.0) listeners, which would block
+    the port on every loopback address.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
         except OSError:
             return False
     return True
 
 
-def reserve_port(rng: random.Random | None = None) -> PortReservation:
-    """Reserve a free loopback port in [PORT_LOW, PORT_HIGH)."""
+def reserve_port(rng: random.Random | None = None, host: str = "127.0.0.1") -> PortReservation:
+    """Reserve a free loopback port in [PORT_LOW, PORT_HIGH).
+
+    The flock is per port number, not per address, so a port is never shared by two
+    members even when they listen on different loopback addresses: partition rules
+    rely on a peer port identifying exactly one member.
+    """
     rng = rng or random.SystemRandom()
     PORT_LOCK_DIR.mkdir(parents=True, exist_ok=True)
     for _ in range(2000):
@@ -147,7 +157,7 @@ def reserve_port(rng: random.Random | None = None) -> PortReservation:
         except OSError:
             os.close(fd)
             continue
-        if not _bindable(port):
+        if not _bindable(port) or (host != "127.0.0.1" and not _bindable(port, host)):
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
             continue
@@ -310,13 +320,17 @@ class GrpcClient:
         self.channel.close()
 
 
-def _raw_range(channel: grpc.Channel, key: bytes, timeout: float) -> bytes:
-    """Linearizable Range of one key, hand-encoded so readiness needs no generated stubs.
+def _raw_range(channel: grpc.Channel, key: bytes, timeout: float, serializable: bool = False) -> bytes:
+    """Range of one key, hand-encoded so readiness needs no generated stubs.
 
-    RangeRequest field 1 (key, bytes) = tag 0x0a, length, key.
+    RangeRequest field 1 (key, bytes) = tag 0x0a, length, key; field 7
+    (serializable, bool) = tag 0x38, 1. Linearizable by default; a learner only
+    serves serializable reads ("etcdserver: rpc not supported for learner").
     """
     call = channel.unary_unary("/etcdserverpb.KV/Range")
     request = b"\x0a" + bytes([len(key)]) + key
+    if serializable:
+        request += b"\x38\x01"
     return call(request, timeout=timeout)
 
 
@@ -459,6 +473,26 @@ def _die_with_parent() -> None:
         _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
 
 
+def _preexec_with_cgroup(procs_path: str) -> Callable[[], None]:
+    """preexec_fn that also moves the child into a cgroup before exec.
+
+    Why before exec (not from the parent after Popen): a socket is tagged with its
+    creator's cgroup at creation, so the member must be in its cgroup before it opens
+    its first peer connection. Only raw os calls run in the forked child.
+    """
+    path = os.fsencode(procs_path)
+
+    def preexec() -> None:
+        _die_with_parent()
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+
+    return preexec
+
+
 class MemberStartError(RuntimeError):
     """The member process exited or did not become ready in time."""
 
@@ -484,21 +518,29 @@ class Member:
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     _grpc: GrpcClient | None = None
+    # Loopback address for both URLs; multi-member clusters give each member its own
+    # (127.0.0.10+i) so logs, URLs and partition rules read like distinct hosts.
+    host: str = "127.0.0.1"
+    # A learner serves only serializable reads, so readiness must probe with one.
+    learner: bool = False
+    # Set by `NetworkFaults.enroll`: the process joins this cgroup before exec so that
+    # iptables can tell its connections apart from other members' (see NetworkFaults).
+    net: "NetTag | None" = None
 
     # -- addresses
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client.port}"
+        return f"http://{self.host}:{self.client.port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer.port}"
+        return f"http://{self.host}:{self.peer.port}"
 
     @property
     def endpoint(self) -> str:
         """host:port form used by etcdctl --endpoints and gRPC channels."""
-        return f"127.0.0.1:{self.client.port}"
+        return f"{self.host}:{self.client.port}"
 
     @property
     def data_dir(self) -> Path:
@@ -550,6 +592,7 @@ class Member:
             raise RuntimeError(f"member {self.name} is already running")
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.starts += 1
+        preexec = _die_with_parent if self.net is None else _preexec_with_cgroup(self.net.procs_path)
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
                 self.argv(),
@@ -559,7 +602,7 @@ class Member:
                 env=self.env(),
                 cwd=self.base_dir,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=preexec,
             )
         _LIVE.add(self)
 
@@ -571,11 +614,15 @@ class Member:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+    def wait_ready(self, timeout: float = READY_TIMEOUT, serializable: bool | None = None) -> None:
         """Poll a linearizable gRPC Range until it succeeds (leader known, applied up to date).
 
-        Fails fast, with the log tail, if the process exits meanwhile.
+        Fails fast, with the log tail, if the process exits meanwhile. A learner
+        (``self.learner``, or ``serializable=True``) is probed with a serializable
+        Range instead: it refuses linearizable ones by design.
         """
+        if serializable is None:
+            serializable = self.learner
         deadline = time.monotonic() + timeout
         channel = grpc.insecure_channel(self.endpoint)
         last: BaseException | None = None
@@ -587,7 +634,12 @@ class Member:
                         f"before becoming ready\n{self.log_tail()}"
                     )
                 try:
-                    _raw_range(channel, b"health", timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+                    _raw_range(
+                        channel,
+                        b"health",
+                        timeout=min(2.0, max(0.1, deadline - time.monotonic())),
+                        serializable=serializable,
+                    )
                     return
                 except grpc.RpcError as exc:
                     last = exc
@@ -679,13 +731,28 @@ class Member:
         return "address already in use" in text.lower() or os.strerror(errno.EADDRINUSE).lower() in text.lower()
 
 
+def member_host(index: int) -> str:
+    """Loopback address of member ``index`` in a multi-member cluster: 127.0.0.(10+index).
+
+    Linux routes all of 127.0.0.0/8 to ``lo``, so no setup is needed; distinct
+    addresses make URLs, logs and partition rules read like distinct hosts.
+    """
+    if not 0 <= index < 240:
+        raise ValueError(f"member index {index} out of range for 127.0.0.10-249")
+    return f"127.0.0.{10 + index}"
+
+
 class Cluster:
     """N members started together with one ``--initial-cluster``.
 
-    N=1 is what the compat suite uses today; the same code builds 3- and 5-member
-    clusters: every process is spawned first, then readiness is awaited (a lone
-    member of a 3-member cluster cannot elect a leader, so waiting one by one would
-    deadlock).
+    Every process is spawned first, then readiness is awaited (a lone member of a
+    3-member cluster cannot elect a leader, so waiting one by one would deadlock).
+
+    Multi-member clusters put member i on 127.0.0.(10+i) (``distinct_hosts``, default
+    on for size > 1). With ``net`` (a `NetworkFaults`), each member runs in its own
+    cgroup so `partition` can cut peer traffic between chosen members with iptables.
+    Membership changes: `add_member` (``etcdctl member add`` then a start with
+    ``--initial-cluster-state existing``), `remove_member`, `member_id`.
     """
 
     def __init__(
@@ -695,28 +762,48 @@ class Cluster:
         extra_args: Sequence[str] = (),
         token: str | None = None,
         target_name: str | None = None,
+        distinct_hosts: bool | None = None,
+        net: "NetworkFaults | None" = None,
     ) -> None:
         self.base_dir = Path(base_dir)
         self.size = size
         self.extra_args = list(extra_args)
         self.token = token or f"etcdpy-test-{os.getpid()}-{random.SystemRandom().randrange(1 << 30)}"
         self.target = target_name or target()
+        self.distinct_hosts = size > 1 or net is not None if distinct_hosts is None else distinct_hosts
+        self.net = net
         self.members: list[Member] = []
+        # Members taken out by `remove_member`: no longer part of the cluster, but
+        # still ours to kill and release at teardown.
+        self.removed: list[Member] = []
+        self._next_index = 0
+
+    def _new_member(self, name: str, state: str = "new", learner: bool = False) -> Member:
+        """A Member on the next loopback host with fresh ports (not started)."""
+        index = self._next_index
+        self._next_index += 1
+        host = member_host(index) if self.distinct_hosts else "127.0.0.1"
+        m = Member(
+            name=name,
+            base_dir=self.base_dir / name,
+            client=reserve_port(host=host),
+            peer=reserve_port(host=host),
+            initial_cluster_state=state,
+            initial_cluster_token=self.token,
+            extra_args=list(self.extra_args),
+            target=self.target,
+            host=host,
+            learner=learner,
+        )
+        if self.net is not None:
+            self.net.enroll(m)
+        return m
 
     def _make_members(self) -> None:
         self.members = []
+        self._next_index = 0
         for i in range(self.size):
-            self.members.append(
-                Member(
-                    name=f"m{i}",
-                    base_dir=self.base_dir / f"m{i}",
-                    client=reserve_port(),
-                    peer=reserve_port(),
-                    initial_cluster_token=self.token,
-                    extra_args=list(self.extra_args),
-                    target=self.target,
-                )
-            )
+            self.members.append(self._new_member(f"m{i}"))
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         for m in self.members:
             m.initial_cluster = initial
@@ -746,37 +833,511 @@ class Cluster:
             m.stop()
 
     def release(self) -> None:
-        """Kill everything and free the ports."""
-        for m in self.members:
+        """Kill everything, free the ports and (with `net`) drop the members' cgroups and rules."""
+        for m in [*self.members, *self.removed]:
             m.release()
+            if self.net is not None:
+                self.net.unenroll(m)
 
     @property
     def endpoints(self) -> list[str]:
         return [m.endpoint for m in self.members]
 
+    def running(self) -> list[Member]:
+        """Members whose process is alive (a killed or stopped member is left out)."""
+        return [m for m in self.members if m.running()]
+
     def etcdctl(self, *args: str, **kwargs: Any) -> Any:
         """etcdctl with all endpoints (the client picks one)."""
         return Etcdctl(self.endpoints)(*args, **kwargs)
 
-    def leader(self, timeout: float = 10.0) -> Member:
-        """The member that every running member agrees is leader (via endpoint status)."""
+    def status(self, m: Member, timeout: float = 3.0) -> dict[str, Any] | None:
+        """``etcdctl endpoint status`` of one member (its ``Status`` dict), or None when it does not answer.
+
+        Why per member with short timeouts: while polling for an election, one dead
+        or isolated member must not make the whole probe fail or stall.
+        """
+        if not m.running():
+            return None
+        ctl = Etcdctl([m.endpoint], timeout=timeout + 5)
+        try:
+            out = ctl("endpoint", "status", "--dial-timeout=1s", f"--command-timeout={timeout}s")
+        except (EtcdctlError, subprocess.TimeoutExpired, ValueError):
+            return None
+        if not out:
+            return None
+        return out[0]["Status"]
+
+    def leader(self, timeout: float = 10.0, among: Sequence[Member] | None = None) -> Member:
+        """The member that every running member (or every one of ``among``) agrees is leader."""
 
         def find() -> Member | None:
-            running = [m for m in self.members if m.running()]
-            statuses = Etcdctl([m.endpoint for m in running])("endpoint", "status")
-            leaders = {s["Status"]["leader"] for s in statuses}
-            if len(leaders) != 1:
+            group = [m for m in (among if among is not None else self.members) if m.running()]
+            statuses = [self.status(m) for m in group]
+            if not group or any(s is None for s in statuses):
+                return None
+            leaders = {s["leader"] for s in statuses if s is not None}
+            if len(leaders) != 1 or 0 in leaders:
                 return None
             leader_id = leaders.pop()
-            for m, s in zip(running, statuses):
-                if s["Status"]["header"]["member_id"] == leader_id:
+            for m, s in zip(group, statuses):
+                if s is not None and s["header"]["member_id"] == leader_id:
                     return m
             return None
 
         return wait_until(find, timeout, "a leader agreed by all members")
+
+    # -- membership
+
+    def reconfigure(self, *args: str, via: Sequence[Member] | None = None, timeout: float = 20.0) -> Any:
+        """Run a membership etcdctl command, retrying while etcd calls the cluster unhealthy.
+
+        Why retry: with strict reconfig checks (the default) etcd refuses member add
+        and remove with "etcdserver: unhealthy cluster" until the leader has been
+        connected to every voting member for 5 s (HealthInterval) — right after a
+        start, a restart or a healed partition. Any other error is raised at once.
+        """
+        ctl = Etcdctl([x.endpoint for x in (via or self.running())])
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return ctl(*args)
+            except EtcdctlError as exc:
+                if "unhealthy cluster" not in exc.message or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.2)
+
+    def member_list(self, via: Sequence[Member] | None = None) -> list[dict[str, Any]]:
+        """``etcdctl member list`` members (ID, name, peerURLs, clientURLs, isLearner)."""
+        eps = [m.endpoint for m in (via or self.running())]
+        return Etcdctl(eps)("member", "list").get("members", [])
+
+    def member_id(self, m: Member) -> int:
+        """The raft member id of ``m``, found by its peer URL in the member list."""
+        for entry in self.member_list(via=[x for x in self.running() if x is not m] or None):
+            if m.peer_url in entry.get("peerURLs", []):
+                return int(entry["ID"])
+        raise KeyError(f"member {m.name} ({m.peer_url}) is not in the member list")
+
+    def add_member(
+        self,
+        name: str | None = None,
+        learner: bool = False,
+        start: bool = True,
+        timeout: float = READY_TIMEOUT,
+    ) -> Member:
+        """``etcdctl member add`` a new member, then (``start``) start it with state ``existing``.
+
+        Its ``--initial-cluster`` lists the membership that member add returned (every
+        current member plus the new one), which is what etcd validates a joining
+        member against. With ``start=False`` the caller starts it (``m.start()``) —
+        for instance to observe a learner that is not caught up.
+        """
+        m = self._new_member(name or f"m{self._next_index}", state="existing", learner=learner)
+        args = ["member", "add", m.name, f"--peer-urls={m.peer_url}"]
+        if learner:
+            args.append("--learner")
+        try:
+            out = self.reconfigure(*args)
+        except BaseException:
+            m.release()
+            if self.net is not None:
+                self.net.unenroll(m)
+            raise
+        names = {x.peer_url: x.name for x in [*self.members, m]}
+        pairs = []
+        for entry in out["members"]:
+            for url in entry.get("peerURLs", []):
+                pairs.append(f"{entry.get('name') or names.get(url, 'unknown')}={url}")
+        m.initial_cluster = ",".join(pairs)
+        self.members.append(m)
+        if start:
+            shutil.rmtree(m.base_dir, ignore_errors=True)
+            m.start(timeout)
+        return m
+
+    def remove_member(self, m: Member) -> int:
+        """``etcdctl member remove`` ``m`` (asked of the other members); returns its id.
+
+        The process is left alone: etcd stops a removed member by itself, and tests
+        assert that. ``m`` moves from `members` to `removed`.
+        """
+        member_id = self.member_id(m)
+        self.reconfigure("member", "remove", f"{member_id:x}", via=[x for x in self.running() if x is not m])
+        self.members.remove(m)
+        self.removed.append(m)
+        return member_id
+
+    # -- network faults
+
+    def partition(self, side: Sequence[Member], other: Sequence[Member] | None = None) -> "Partition":
+        """A context manager cutting peer traffic between ``side`` and ``other`` (default: everyone else).
+
+        Client traffic is untouched, so a test can still talk to both sides.
+        Raises `NetworkFaultsUnavailable` when the cluster was made without ``net``.
+        """
+        if self.net is None:
+            raise NetworkFaultsUnavailable("cluster was created without network fault support (net=None)")
+        if other is None:
+            other = [m for m in self.members if m not in side]
+        return Partition(self.net, list(side), list(other))
 
     def __enter__(self) -> "Cluster":
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+# --------------------------------------------------------------------------- network faults
+
+IPTABLES_CHAIN = "ETCDPY-TEST"
+_RULE_COMMENT = "etcdpy-test"
+_CGROUP_TOP = "etcdpy-test"
+
+
+class NetworkFaultsUnavailable(RuntimeError):
+    """iptables/cgroup partitions cannot be made here (not root, missing tools, no cgroup2...)."""
+
+
+@dataclass(frozen=True)
+class NetTag:
+    """How iptables recognises one member's connections.
+
+    ``cgroup`` is the member's cgroup (path relative to the cgroup2 root, as
+    ``-m cgroup --path`` wants it) and ``procs_path`` its ``cgroup.procs``; every
+    connection the member opens is stamped with connmark ``mark`` (its peer port,
+    unique thanks to the port locks).
+    """
+
+    cgroup: str
+    procs_path: str
+    mark: int
+
+
+def _cgroup2_root() -> Path | None:
+    """Mount point of the cgroup2 hierarchy, if it is mounted at its root."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if right.split()[:1] == ["cgroup2"] and len(fields) >= 5 and fields[3] == "/":
+            return Path(fields[4])
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class NetworkFaults:
+    """Network partitions between members of a loopback cluster, with iptables.
+
+    The obvious rule — drop packets between member A's and member B's addresses —
+    does not work on loopback: a member dialing 127.0.0.12 gets source address
+    127.0.0.1 (the kernel picks the route's preferred source; etcd does not bind
+    its dialer), so a packet's source address does not say which member sent it.
+    What does identify the sender is the process, so:
+
+    1. each member runs in its own cgroup v2 (`enroll`, joined before exec);
+    2. a rule in the dedicated chain ``ETCDPY-TEST`` (jumped to from OUTPUT: every
+       loopback packet traverses OUTPUT exactly once, and only there is the sending
+       socket's cgroup known) stamps each connection a member *opens* with a
+       conntrack mark = that member's peer port;
+    3. a partition between A and B adds, for each direction, one DROP rule matching
+       "connection opened by A (connmark) to B's peer address and port (conntrack
+       original destination)". Matching on conntrack state drops *both* directions
+       of those connections, including ones established before the partition, and
+       matching B's peer port leaves all client traffic (tests → members) alone.
+
+    Every rule carries the comment ``etcdpy-test pid=<our pid>``: `cleanup_leftovers`
+    deletes rules and cgroups left by dead pytest processes, `close` deletes ours and
+    removes the chain once no other live run uses it. Chain edits are serialised
+    with an flock so concurrent test runs do not race on creating or removing it.
+    """
+
+    def __init__(self, iptables: str | None = None) -> None:
+        self.iptables = iptables or shutil.which("iptables") or "/usr/sbin/iptables"
+        self.pid = os.getpid()
+        self._reason: str | None = None
+        self._probed = False
+        self._root = _cgroup2_root()
+        self._rules: list[list[str]] = []
+        self._tags: dict[int, NetTag] = {}  # id(member) -> tag
+        self._seq = 0
+        PORT_LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        self._lock_path = PORT_LOCK_DIR / "iptables.lock"
+
+    # -- low level
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self._lock_path, os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _ipt(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([self.iptables, "-w", "10", *args], capture_output=True, text=True, timeout=30)
+        if check and proc.returncode != 0:
+            raise NetworkFaultsUnavailable(f"iptables {' '.join(args)} failed: {proc.stderr.strip() or proc.returncode}")
+        return proc
+
+    def _comment(self, what: str) -> list[str]:
+        return ["-m", "comment", "--comment", f"{_RULE_COMMENT} pid={self.pid} {what}"]
+
+    def _ensure_chain(self) -> None:
+        with self._locked():
+            if self._ipt("-S", IPTABLES_CHAIN, check=False).returncode != 0:
+                self._ipt("-N", IPTABLES_CHAIN)
+            if self._ipt("-C", "OUTPUT", "-j", IPTABLES_CHAIN, check=False).returncode != 0:
+                self._ipt("-I", "OUTPUT", "1", "-j", IPTABLES_CHAIN)
+
+    def _add_rule(self, spec: list[str], first: bool = False) -> list[str]:
+        if first:
+            self._ipt("-I", IPTABLES_CHAIN, "1", *spec)
+        else:
+            self._ipt("-A", IPTABLES_CHAIN, *spec)
+        self._rules.append(spec)
+        return spec
+
+    def _delete_rule(self, spec: list[str]) -> None:
+        self._ipt("-D", IPTABLES_CHAIN, *spec, check=False)
+        with contextlib.suppress(ValueError):
+            self._rules.remove(spec)
+
+    def _new_cgroup(self, label: str) -> tuple[str, Path]:
+        assert self._root is not None
+        self._seq += 1
+        rel = f"{_CGROUP_TOP}/{self.pid}/{self._seq}-{label}"
+        path = self._root / rel
+        path.mkdir(parents=True, exist_ok=True)
+        return rel, path
+
+    # -- availability
+
+    def unavailable_reason(self) -> str | None:
+        """None when partitions work here; otherwise why not. Probed once, end to end."""
+        if not self._probed:
+            self._probed = True
+            try:
+                self._reason = self._probe()
+            except (NetworkFaultsUnavailable, OSError, subprocess.SubprocessError) as exc:
+                self._reason = str(exc)
+        return self._reason
+
+    def available(self) -> bool:
+        return self.unavailable_reason() is None
+
+    def require(self) -> None:
+        """Raise `NetworkFaultsUnavailable` with the reason unless partitions work."""
+        reason = self.unavailable_reason()
+        if reason is not None:
+            raise NetworkFaultsUnavailable(reason)
+
+    def _probe(self) -> str | None:
+        """Check every ingredient, then prove a DROP works on a real connection.
+
+        Why end to end: iptables may exist but lack the cgroup/connmark matches (or
+        run against a backend the kernel lacks); only a real blocked connect shows
+        the rules are effective, and a second unblocked connect shows they are
+        selective.
+        """
+        if os.geteuid() != 0:
+            return "network partitions need root (iptables and cgroups)"
+        if not Path(self.iptables).exists():
+            return f"iptables not found ({self.iptables}); apt-get install iptables"
+        if self._root is None:
+            return "no cgroup2 hierarchy mounted at its root (needed to tell members' connections apart)"
+        self._ensure_chain()
+        self.cleanup_leftovers()
+        listener_port = reserve_port(host="127.0.0.2")
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.2", listener_port.port))
+            listener.listen(8)
+            rel, path = self._new_cgroup("probe")
+            tag = NetTag(rel, str(path / "cgroup.procs"), listener_port.port)
+            mark_rule = self._mark_rule(tag)
+            drop_rule = self._drop_rule(tag, "127.0.0.2", listener_port.port)
+            try:
+                self._add_rule(mark_rule, first=True)
+                self._add_rule(drop_rule)
+                code = (
+                    "import socket,sys\n"
+                    "s=socket.socket(); s.settimeout(0.5)\n"
+                    "try:\n s.connect(('127.0.0.2', int(sys.argv[1])))\nexcept OSError:\n sys.exit(3)\n"
+                    "sys.exit(0)\n"
+                )
+                blocked = subprocess.run(
+                    [sys.executable, "-c", code, str(listener_port.port)],
+                    preexec_fn=_preexec_with_cgroup(tag.procs_path),
+                    timeout=30,
+                ).returncode
+                with socket.create_connection(("127.0.0.2", listener_port.port), timeout=2):
+                    pass
+            finally:
+                self._delete_rule(drop_rule)
+                self._delete_rule(mark_rule)
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+                listener_port.release()
+        if blocked != 3:
+            return f"iptables rules installed but a probe connection was not dropped (exit {blocked})"
+        return None
+
+    # -- rules
+
+    def _mark_rule(self, tag: NetTag) -> list[str]:
+        return [
+            "-m", "cgroup", "--path", tag.cgroup,
+            "-m", "conntrack", "--ctstate", "NEW",
+            *self._comment(f"mark {tag.mark}"),
+            "-j", "CONNMARK", "--set-xmark", f"{tag.mark:#x}/0xffff",
+        ]  # fmt: skip
+
+    def _drop_rule(self, opener: NetTag, host: str, port: int) -> list[str]:
+        return [
+            "-p", "tcp",
+            "-m", "connmark", "--mark", f"{opener.mark:#x}/0xffff",
+            "-m", "conntrack", "--ctorigdst", host, "--ctorigdstport", str(port),
+            *self._comment(f"drop {opener.mark}->{host}:{port}"),
+            "-j", "DROP",
+        ]  # fmt: skip
+
+    # -- members
+
+    def enroll(self, m: Member) -> None:
+        """Give ``m`` its own cgroup and connection mark (before its first start)."""
+        self.require()
+        rel, path = self._new_cgroup(m.name)
+        tag = NetTag(rel, str(path / "cgroup.procs"), m.peer.port)
+        self._add_rule(self._mark_rule(tag), first=True)
+        self._tags[id(m)] = tag
+        m.net = tag
+
+    def unenroll(self, m: Member) -> None:
+        """Remove ``m``'s mark rule and cgroup (after its process is gone)."""
+        tag = self._tags.pop(id(m), None)
+        if tag is None:
+            return
+        self._delete_rule(self._mark_rule(tag))
+        with contextlib.suppress(OSError):
+            Path(tag.procs_path).parent.rmdir()
+        m.net = None
+
+    def block(self, a: Member, b: Member) -> list[list[str]]:
+        """Drop all peer traffic between ``a`` and ``b`` (both directions); returns the rules."""
+        rules = []
+        for opener, dest in ((a, b), (b, a)):
+            if opener.net is None:
+                raise NetworkFaultsUnavailable(f"member {opener.name} is not enrolled for network faults")
+            rules.append(self._add_rule(self._drop_rule(opener.net, dest.host, dest.peer.port)))
+        return rules
+
+    def unblock(self, rules: Sequence[list[str]]) -> None:
+        for spec in rules:
+            self._delete_rule(spec)
+
+    # -- housekeeping
+
+    def cleanup_leftovers(self) -> int:
+        """Delete rules and cgroups left behind by pytest processes that no longer exist."""
+        removed = 0
+        with self._locked():
+            out = self._ipt("-S", IPTABLES_CHAIN, check=False)
+            for line in out.stdout.splitlines():
+                if not line.startswith(f"-A {IPTABLES_CHAIN} ") or f"{_RULE_COMMENT} pid=" not in line:
+                    continue
+                pid_text = line.split(f"{_RULE_COMMENT} pid=", 1)[1].split()[0].strip('"')
+                if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+                    self._ipt("-D", *shlex.split(line)[1:], check=False)
+                    removed += 1
+        if self._root is not None and (self._root / _CGROUP_TOP).is_dir():
+            for run_dir in (self._root / _CGROUP_TOP).iterdir():
+                if run_dir.name.isdigit() and not _pid_alive(int(run_dir.name)):
+                    for sub in run_dir.iterdir():
+                        if sub.is_dir():
+                            with contextlib.suppress(OSError):
+                                sub.rmdir()
+                    with contextlib.suppress(OSError):
+                        run_dir.rmdir()
+        return removed
+
+    def close(self) -> None:
+        """Delete every rule and cgroup of this run; drop the chain if no one else uses it."""
+        for spec in list(self._rules):
+            self._delete_rule(spec)
+        if self._root is not None:
+            run_dir = self._root / _CGROUP_TOP / str(self.pid)
+            if run_dir.is_dir():
+                for sub in run_dir.iterdir():
+                    with contextlib.suppress(OSError):
+                        sub.rmdir()
+                with contextlib.suppress(OSError):
+                    run_dir.rmdir()
+            with contextlib.suppress(OSError):
+                (self._root / _CGROUP_TOP).rmdir()
+        if not Path(self.iptables).exists() or os.geteuid() != 0:
+            return
+        with self._locked():
+            out = self._ipt("-S", IPTABLES_CHAIN, check=False)
+            if out.returncode == 0 and not [x for x in out.stdout.splitlines() if x.startswith("-A ")]:
+                while self._ipt("-D", "OUTPUT", "-j", IPTABLES_CHAIN, check=False).returncode == 0:
+                    pass
+                self._ipt("-X", IPTABLES_CHAIN, check=False)
+
+
+class Partition:
+    """Context manager: no peer traffic between two groups of members while inside.
+
+    Installs the DROP rules on enter and always removes them on exit (also on
+    exceptions); `heal` ends the partition early. ``started``/``healed`` are the
+    monotonic times the rules went in and out, for checks on what happened
+    "during" the partition.
+    """
+
+    def __init__(self, net: NetworkFaults, side: Sequence[Member], other: Sequence[Member]) -> None:
+        overlap = {m.name for m in side} & {m.name for m in other}
+        if overlap:
+            raise ValueError(f"members on both sides of a partition: {sorted(overlap)}")
+        self.net = net
+        self.side = list(side)
+        self.other = list(other)
+        self.rules: list[list[str]] = []
+        self.started: float | None = None
+        self.healed: float | None = None
+
+    def __enter__(self) -> "Partition":
+        self.net.require()
+        try:
+            for a in self.side:
+                for b in self.other:
+                    self.rules.extend(self.net.block(a, b))
+        except BaseException:
+            self.heal()
+            raise
+        self.started = time.monotonic()
+        return self
+
+    def heal(self) -> None:
+        """Remove the rules (idempotent)."""
+        if self.rules:
+            self.net.unblock(self.rules)
+            self.rules = []
+        if self.started is not None and self.healed is None:
+            self.healed = time.monotonic()
+
+    def __exit__(self, *exc: object) -> None:
+        self.heal()
