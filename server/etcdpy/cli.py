@@ -85,6 +85,26 @@ def _log_level(value: str) -> str:
     return value
 
 
+def _compaction_mode(value: str) -> str:
+    from etcdpy.server.compactor import MODES
+
+    if value not in MODES:
+        raise argparse.ArgumentTypeError(f"unknown auto-compaction-mode {value!r} (want one of {', '.join(MODES)})")
+    return value
+
+
+def _compaction_retention(value: str) -> str:
+    """Hours or revisions as a bare integer, else a Go duration (e.g. 30m); checked here, used by the compactor."""
+    from etcdpy.server.compactor import MODE_PERIODIC, RetentionError, parse_retention
+
+    try:
+        if parse_retention(MODE_PERIODIC, value) < 0:
+            raise RetentionError("negative retention")
+    except RetentionError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
 def _cluster_state(value: str) -> str:
     if value not in ("new", "existing"):
         raise argparse.ArgumentTypeError(f"invalid value {value!r} (want 'new' or 'existing')")
@@ -109,6 +129,13 @@ FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("heartbeat-interval", _positive_int, 100, "time (in milliseconds) of a heartbeat interval"),
     ("election-timeout", _positive_int, 1000, "time (in milliseconds) for an election to timeout"),
     ("log-level", _log_level, "info", "debug, info, warn, error, panic or fatal"),
+    ("auto-compaction-mode", _compaction_mode, "periodic", "how to read --auto-compaction-retention: periodic or revision"),
+    (
+        "auto-compaction-retention",
+        _compaction_retention,
+        "0",
+        "history to keep: a duration or hours (periodic), or revisions (revision); 0 disables auto-compaction",
+    ),
     (
         "experimental-watch-progress-notify-interval",
         _duration,
@@ -189,6 +216,8 @@ def config_from_args(argv: list[str], environ: dict[str, str] | None = None) -> 
         heartbeat_ms=v["heartbeat_interval"],
         election_ms=v["election_timeout"],
         log_level=v["log_level"],
+        auto_compaction_mode=v["auto_compaction_mode"],
+        auto_compaction_retention=v["auto_compaction_retention"],
         # etcd keeps its default for a zero or negative interval.
         watch_progress_notify_interval=v["experimental_watch_progress_notify_interval"]
         if v["experimental_watch_progress_notify_interval"] > 0
@@ -240,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         from etcdpy.bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv and argv[0] == "snapshot":
+        from etcdpy.etcdutl import main as etcdutl_main
+
+        return etcdutl_main(argv[1:])
     cfg = config_from_args(argv)
     log = setup_logging(cfg.log_level)
     log.info("starting etcdpy", extra={"fields": {"etcdpy-version": __version__, "etcd-api-version": ETCD_VERSION,

@@ -34,6 +34,8 @@ class ServerConfig:
     heartbeat_ms: int = 100
     election_ms: int = 1000
     log_level: str = "info"
+    auto_compaction_mode: str = "periodic"  # --auto-compaction-mode: periodic | revision
+    auto_compaction_retention: str = "0"  # --auto-compaction-retention: "0" = off (see server.compactor)
     watch_progress_notify_interval: float = DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL  # seconds
 
     def __post_init__(self) -> None:

@@ -107,6 +107,9 @@ ErrTimeoutDueToLeaderFail = _error(
 ErrTimeoutDueToConnectionLost = _error(
     "ErrTimeoutDueToConnectionLost", "UNAVAILABLE", "etcdserver: request timed out, possibly due to connection lost"
 )
+ErrTimeoutLeaderTransfer = _error(
+    "ErrTimeoutLeaderTransfer", "UNAVAILABLE", "etcdserver: request timed out, leader transfer took too long"
+)
 ErrUnhealthy = _error("ErrUnhealthy", "UNAVAILABLE", "etcdserver: unhealthy cluster")
 ErrNotSupportedForLearner = _error(
     "ErrNotSupportedForLearner", "UNAVAILABLE", "etcdserver: rpc not supported for learner"

@@ -55,6 +55,7 @@ from etcdpy.pb import kv_pb2, raft_internal_pb2, rpc_pb2
 
 if TYPE_CHECKING:  # the store is only needed for type checking; keeps this module importable alone
     from etcdpy.mvcc import Batch, KVStore, RangeResult, TxnWrite
+    from etcdpy.server.alarm import AlarmApplier
 
 _RR = rpc_pb2.RangeRequest
 _CMP = rpc_pb2.Compare
@@ -153,6 +154,8 @@ class Applier:
         # Without a lessor every lease id is unknown, so any put with a nonzero lease fails
         # with ErrLeaseNotFound; lease requests need a full lessor (LessorApply).
         self.lessor = lessor
+        # etcd's alarm appliers (NOSPACE/CORRUPT gates, quota), asked before anything else.
+        self.alarm: AlarmApplier | None = None
 
     @property
     def lessor(self) -> LeaseLookup | None:
@@ -187,6 +190,10 @@ class Applier:
         back and an empty write records the consistent index. Any other exception
         is a bug that could make members diverge, so it propagates (etcd panics).
         """
+        if self.alarm is not None:
+            handled = self.alarm.apply(req, index, term)
+            if handled is not None:
+                return handled
         if req.HasField("compaction"):
             return self._apply_compaction(req.compaction, index, term)
         op = self._dispatch(req)

@@ -39,6 +39,7 @@ from etcdpy.raft.types import (
 )
 from etcdpy.server.apply import Applier, ApplyResult, is_txn_read_only
 from etcdpy.server.idutil import IdGenerator
+from etcdpy.server.maintenance import MaintenanceOps
 from etcdpy.server.membership import (
     Member,
     RaftCluster,
@@ -85,6 +86,7 @@ class EtcdServer:
         self.watchable: WatchableStore | None = None  # watch: watchers over self.kv
         self.applier: Applier | None = None
         self.lessor: Lessor | None = None
+        self.maintenance: MaintenanceOps | None = None  # alarms, quota, auto-compaction, snapshots
         self.raft: RaftNode | None = None
         self._idgen: IdGenerator | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -117,6 +119,8 @@ class EtcdServer:
         self.watchable.start()
         self.lessor = self._open_lessor(self.kv)
         self.applier = Applier(self.kv, self.lessor)
+        self.maintenance = MaintenanceOps(self)
+        self.maintenance.attach()  # alarm gate + quota in the applier before any entry is applied
         if WAL.exists(cfg.wal_dir):
             node, storage, wal, snapshotter = self._restart()
         else:
@@ -141,6 +145,7 @@ class EtcdServer:
         assert self.lessor is not None
         revoker = ExpiredLeaseRevoker(self.lessor, self._propose_lease_revoke, self.log)
         self._tasks.append(asyncio.create_task(revoker.run(), name="lease-revoker"))
+        self._tasks.extend(self.maintenance.tasks())  # the auto-compactor (leader-only), if configured
 
     async def _campaign_if_sole_voter(self) -> None:
         """A one-voter cluster needs no election timeout to find out it wins.
@@ -266,6 +271,8 @@ class EtcdServer:
         """processInternalRaftRequestOnce: propose `req` and wait for its applied result."""
         if self._stopped:
             raise errors.ErrStopped()
+        if self.maintenance is not None:
+            await self.maintenance.check_quota(req)  # etcd's quota check comes before everything else
         p = self.progress
         if p.committed_index > p.applied_index + MAX_GAP_BETWEEN_APPLY_AND_COMMIT:
             raise errors.ErrTooManyRequests()
@@ -635,7 +642,7 @@ class EtcdServer:
         if self.raft is not None:
             self.raft.stop()
         for t in self._tasks:
-            if t.get_name() in ("ticker", "read-index", "publish", "campaign", "lease-revoker"):
+            if t.get_name() in ("ticker", "read-index", "publish", "campaign", "lease-revoker", "compactor"):
                 t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.wait.fail_all(errors.ErrStopped())

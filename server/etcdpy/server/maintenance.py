@@ -1,0 +1,264 @@
+"""The server side of etcd's Maintenance service: alarms, quota, snapshots, defrag, leader moves, auto-compaction.
+
+`MaintenanceOps` is attached to an `EtcdServer` at start (`attach`) and owns the
+alarm store, the backend quota and the auto-compactor. The server calls three
+things on it: `check_quota` before proposing a request (etcd's quotaKVServer /
+quotaLeaseServer), `tasks()` for its background tasks, and nothing else; the
+gRPC service (`etcdpy.api.maintenance`) uses the rest.
+
+Blocking work — writing a snapshot of the backend, defragmenting it — runs on
+worker threads so the event loop keeps serving while it happens. RocksDB is
+thread-safe for that: a checkpoint or a full compaction can run while the loop
+thread applies writes.
+
+Corruption checks (the CORRUPT alarm): etcd compares HashKV across members — at
+start (`--experimental-initial-corrupt-check`) and periodically on the leader
+(`--experimental-corrupt-check-time`) — and raises CORRUPT for a member whose
+hash differs from the others' at the same revision and compact revision. The
+comparison is `find_corrupt_members`; `check_corruption` runs it over what
+`peer_hashes` returns. Until the peer transport can ask other members for their
+HashKV, `peer_hashes` returns nothing and the check finds nothing; an operator
+(or a test) can still raise CORRUPT through the Alarm RPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING
+
+from etcdpy import errors
+from etcdpy.pb import raft_internal_pb2, rpc_pb2
+from etcdpy.raft.types import NONE
+from etcdpy.server.alarm import CORRUPT, NOSPACE, AlarmApplier, AlarmStore, alarm_string
+from etcdpy.server.compactor import Periodic, RetentionError, RevisionCompactor, new_compactor
+from etcdpy.server.quota import BackendQuota, is_charged
+
+if TYPE_CHECKING:
+    from etcdpy.server.etcdserver import EtcdServer
+
+SNAPSHOT_SEND_BUFFER = 32 * 1024
+"""etcd's snapshotSendBufferSize: bytes per Maintenance.Snapshot message."""
+
+SNAPSHOT_ALIGN = 512
+"""etcdctl 3.4 recognises a saved snapshot's sha256 trailer by size % 512 == 32, so the data
+sent before the checksum is zero-padded to a multiple of 512 (bbolt files are page-aligned)."""
+
+_READ_AHEAD = 32 * SNAPSHOT_SEND_BUFFER  # bytes read per worker-thread hop while streaming
+
+
+@dataclass(frozen=True)
+class MemberHash:
+    """One member's HashKV answer, as the corruption check compares them."""
+
+    member_id: int
+    revision: int
+    compact_revision: int
+    hash: int
+
+
+def find_corrupt_members(local: MemberHash, peers: list[MemberHash]) -> list[int]:
+    """Members whose hash disagrees with ours at the same revision and compact revision.
+
+    etcd's rule: only hashes taken at the same revision with the same compaction
+    are comparable; a peer at another revision tells nothing. When a mismatch is
+    found etcd blames the peer (the leader runs the check and trusts itself).
+    """
+    return [
+        p.member_id
+        for p in peers
+        if p.member_id != local.member_id
+        and p.revision == local.revision
+        and p.compact_revision == local.compact_revision
+        and p.hash != local.hash
+    ]
+
+
+class MaintenanceOps:
+    def __init__(self, server: EtcdServer) -> None:
+        self.server = server
+        self.log = server.log
+        self.alarms: AlarmStore | None = None
+        self.quota: BackendQuota | None = None
+        self._compactor: Periodic | RevisionCompactor | None = None
+
+    # ------------------------------------------------------------------ wiring
+
+    def attach(self) -> None:
+        """Load the alarms and hook the alarm gate into the applier (before any entry is applied).
+
+        Bad auto-compaction flags stop the start-up with etcd's message (the CLI checks them first).
+        """
+        from etcdpy.server.etcdserver import StartupError
+
+        s = self.server
+        assert s.kv is not None and s.applier is not None
+        self.alarms = AlarmStore(s.kv.backend)
+        self.quota = BackendQuota(s.kv.size, s.cfg.quota_backend_bytes)
+        s.applier.alarm = AlarmApplier(s.kv, self.alarms, self.quota, s.applier.apply, self.log)
+        try:
+            self._compactor = new_compactor(
+                s.cfg.auto_compaction_mode,
+                s.cfg.auto_compaction_retention,
+                lambda: s.kv.current_rev if s.kv is not None else 0,
+                s.compact,
+                s.is_leader,
+                self.log,
+            )
+        except RetentionError as e:
+            raise StartupError(str(e)) from None
+        for m in self.alarms.get():
+            self.log.warning("alarm is active", extra={"fields": {"alarm": alarm_string(m).strip()}})
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """Background tasks to start with the server (and cancel when it stops): the auto-compactor."""
+        if self._compactor is None:
+            return []
+        return [asyncio.create_task(self._compactor.run(), name="compactor")]
+
+    # ------------------------------------------------------------------ quota and alarms
+
+    async def check_quota(self, req: raft_internal_pb2.InternalRaftRequest) -> None:
+        """etcd's quotaAlarmer.check: refuse a write that does not fit, raising NOSPACE through the log."""
+        if self.quota is None or not is_charged(req) or self.quota.available(req):
+            return
+        ar = rpc_pb2.AlarmRequest(
+            action=rpc_pb2.AlarmRequest.ACTIVATE, memberID=self.server.member_id, alarm=NOSPACE
+        )
+        try:
+            await self.alarm(ar)
+        except errors.EtcdError as e:  # like etcd: the write is refused whether or not the alarm got in
+            self.log.warning("failed to raise NOSPACE alarm", extra={"fields": {"error": e.message}})
+        raise errors.ErrGRPCNoSpace()
+
+    async def alarm(self, ar: rpc_pb2.AlarmRequest) -> rpc_pb2.AlarmResponse:
+        """Every alarm request, GET included, goes through the log (as in etcd)."""
+        resp = await self.server.process_internal_raft_request(raft_internal_pb2.InternalRaftRequest(alarm=ar))
+        assert isinstance(resp, rpc_pb2.AlarmResponse)
+        self.server.fill_header(resp.header)
+        return resp
+
+    def active_alarms(self) -> list[rpc_pb2.AlarmMember]:
+        """What is raised now (for Status, HTTP /health and tests); answered locally."""
+        return self.alarms.get() if self.alarms is not None else []
+
+    def status_errors(self) -> list[str]:
+        """StatusResponse.errors: no leader, then every active alarm in Go's text format."""
+        out = [errors.ErrNoLeader.message] if self.server.lead == NONE else []
+        out.extend(alarm_string(m) for m in self.active_alarms())
+        return out
+
+    async def check_corruption(self) -> list[int]:
+        """Compare our HashKV with the peers' and raise CORRUPT for each mismatching member."""
+        kv = self.server.kv
+        assert kv is not None
+        h, rev, compact_rev = kv.hash_kv(0)
+        local = MemberHash(self.server.member_id, rev, compact_rev, h)
+        corrupt = find_corrupt_members(local, await self.peer_hashes(rev))
+        for member_id in corrupt:
+            self.log.error("found data inconsistency with peer", extra={"fields": {"remote-peer-id": f"{member_id:x}"}})
+            await self.alarm(rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.ACTIVATE, memberID=member_id, alarm=CORRUPT))
+        return corrupt
+
+    async def peer_hashes(self, revision: int) -> list[MemberHash]:
+        """HOOK for the peer transport: the other members' HashKV at `revision` (none yet)."""
+        return []
+
+    # ------------------------------------------------------------------ defrag, snapshot
+
+    async def defragment(self) -> None:
+        """Rewrite the backend without its dead data, on a worker thread; the size is measured again after."""
+        kv = self.server.kv
+        assert kv is not None
+        self.log.info("starting defragment")
+        await asyncio.to_thread(kv.defrag)
+        if self.quota is not None:
+            self.quota.invalidate()
+        self.log.info("finished defragment")
+
+    async def snapshot(self) -> SnapshotSender:
+        """Freeze the backend now and spool it to an anonymous temp file (worker thread).
+
+        The whole size must be known before the first message (remaining_bytes), and
+        the stream format is produced on the fly, hence the spool file. It lives in the
+        snap directory, is unlinked from the start, and disappears with the sender.
+        """
+        kv = self.server.kv
+        assert kv is not None
+        return await asyncio.to_thread(SnapshotSender.prepare, kv, self.server.cfg.snap_dir)
+
+    # ------------------------------------------------------------------ leadership
+
+    async def move_leader(self, target: int) -> None:
+        """etcd's MoveLeader: only the leader may hand leadership to a voting member, then waits for it."""
+        s = self.server
+        if s.lead != s.member_id or s.raft is None:
+            raise errors.ErrNotLeader()
+        m = s.cluster.get(target)
+        if m is None or m.is_learner:
+            raise errors.ErrBadLeaderTransferee()
+        self.log.info("leadership transfer starting", extra={"fields": {
+            "local-member-id": f"{s.member_id:x}", "current-leader-member-id": f"{s.lead:x}",
+            "transferee-member-id": f"{target:x}"}})
+        s.raft.node.transfer_leader(target)
+        s.raft.wake()
+        interval = s.cfg.heartbeat_ms / 1000.0
+        try:
+            async with asyncio.timeout(s.cfg.request_timeout):
+                while s.lead != target:
+                    await asyncio.sleep(interval)
+        except TimeoutError:
+            raise errors.ErrTimeoutLeaderTransfer() from None
+        self.log.info("leadership transfer finished", extra={"fields": {"new-leader-member-id": f"{target:x}"}})
+
+
+class SnapshotSender:
+    """One Maintenance.Snapshot stream: spooled snapshot bytes, then the sha256 of all of them."""
+
+    def __init__(self, f: IO[bytes], total: int) -> None:
+        self._f: IO[bytes] | None = f
+        self.total = total
+
+    @classmethod
+    def prepare(cls, kv: object, spool_dir: str) -> SnapshotSender:
+        """Blocking: checkpoint the backend and write it, zero-padded to SNAPSHOT_ALIGN, to a temp file."""
+        stream = kv.open_snapshot()  # type: ignore[attr-defined]
+        f = tempfile.TemporaryFile(dir=spool_dir if os.path.isdir(spool_dir) else None)
+        try:
+            n = stream.write_to(f)
+            pad = -n % SNAPSHOT_ALIGN
+            f.write(b"\x00" * pad)
+            f.flush()
+            f.seek(0)
+        except BaseException:
+            f.close()
+            raise
+        finally:
+            stream.close()
+        return cls(f, n + pad)
+
+    async def responses(self) -> AsyncIterator[rpc_pb2.SnapshotResponse]:
+        """32 KiB messages with remaining_bytes counting down to 0, then one carrying the sha256."""
+        assert self._f is not None
+        sha = hashlib.sha256()
+        sent = 0
+        while sent < self.total:
+            block = await asyncio.to_thread(self._f.read, _READ_AHEAD)
+            if not block:
+                raise errors.EtcdError("etcdserver: snapshot spool file ended early")
+            for off in range(0, len(block), SNAPSHOT_SEND_BUFFER):
+                chunk = block[off : off + SNAPSHOT_SEND_BUFFER]
+                sent += len(chunk)
+                sha.update(chunk)
+                yield rpc_pb2.SnapshotResponse(remaining_bytes=self.total - sent, blob=chunk)
+        yield rpc_pb2.SnapshotResponse(remaining_bytes=0, blob=sha.digest())
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None

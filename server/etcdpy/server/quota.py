@@ -1,0 +1,116 @@
+"""The backend space quota (etcd's server/storage/quota.go).
+
+etcd charges each write an estimated cost and refuses it when the backend size
+plus that cost would reach `--quota-backend-bytes` (0 = the 2 GiB default):
+
+* a Put costs 256 bytes of metadata overhead plus its key and value;
+* a Txn costs the larger of its success and failure branches, counting only the
+  top-level Put ops of each branch (nested txns and other ops cost nothing);
+* a LeaseGrant costs 64 bytes;
+* a request that costs nothing (a Txn without puts) always passes, even over
+  the quota (etcd 3.4.23 behaves so: reads and deletes must keep working while
+  the operator frees space).
+
+The size is the RocksDB directory size (`Backend.size`), which walks the
+directory; the quota is asked on every write, so the size is cached for
+`SIZE_TTL_SECONDS` and refreshed early after operations that change it a lot
+(defragmentation) by `invalidate()`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from etcdpy.config import DEFAULT_QUOTA_BACKEND_BYTES
+from etcdpy.pb import raft_internal_pb2, rpc_pb2
+
+KV_OVERHEAD = 256
+"""etcd's kvOverhead: estimated metadata cost of storing one key."""
+
+LEASE_OVERHEAD = 64
+"""etcd's leaseOverhead: estimated cost of storing one lease."""
+
+MAX_QUOTA_BYTES = 8 * 1024 * 1024 * 1024
+"""etcd's suggested maximum quota; larger ones only get a warning."""
+
+SIZE_TTL_SECONDS = 0.1
+"""How long a measured backend size is trusted before it is measured again."""
+
+
+def cost_put(r: rpc_pb2.PutRequest) -> int:
+    return KV_OVERHEAD + len(r.key) + len(r.value)
+
+
+def cost_txn(r: rpc_pb2.TxnRequest) -> int:
+    """The costlier branch; only top-level puts count (as etcd's costTxn)."""
+
+    def branch(ops: list[rpc_pb2.RequestOp]) -> int:
+        return sum(cost_put(op.request_put) for op in ops if op.WhichOneof("request") == "request_put")
+
+    return max(branch(list(r.success)), branch(list(r.failure)))
+
+
+def cost(req: raft_internal_pb2.InternalRaftRequest) -> int:
+    """The quota charge of a proposed request; 0 for every kind etcd does not charge."""
+    kind = _which(req)
+    if kind == "put":
+        return cost_put(req.put)
+    if kind == "txn":
+        return cost_txn(req.txn)
+    if kind == "lease_grant":
+        return LEASE_OVERHEAD
+    return 0
+
+
+def is_charged(req: raft_internal_pb2.InternalRaftRequest) -> bool:
+    """Whether the request is one the quota judges at all (Put, Txn, LeaseGrant)."""
+    return _which(req) in ("put", "txn", "lease_grant")
+
+
+_CHARGED_FIELDS = ("put", "txn", "lease_grant")
+
+
+def _which(req: raft_internal_pb2.InternalRaftRequest) -> str | None:
+    """The charged request kind set in `req` (InternalRaftRequest has no oneof, so look field by field)."""
+    for name in _CHARGED_FIELDS:
+        if req.HasField(name):
+            return name
+    return None
+
+
+class BackendQuota:
+    """etcd's backendQuota over a size function, with a short-lived size cache."""
+
+    def __init__(
+        self,
+        size_fn: Callable[[], int],
+        quota_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_bytes = quota_bytes if quota_bytes > 0 else DEFAULT_QUOTA_BACKEND_BYTES
+        self._size_fn = size_fn
+        self._clock = clock
+        self._size = 0
+        self._measured_at: float | None = None
+
+    def size(self) -> int:
+        now = self._clock()
+        if self._measured_at is None or now - self._measured_at >= SIZE_TTL_SECONDS:
+            self._size = self._size_fn()
+            self._measured_at = now
+        return self._size
+
+    def invalidate(self) -> None:
+        """Measure again on the next question (after a defragmentation or a restore)."""
+        self._measured_at = None
+
+    def available(self, req: raft_internal_pb2.InternalRaftRequest) -> bool:
+        """etcd's Available: free requests always pass; others need size + cost < quota."""
+        c = cost(req)
+        if c == 0:
+            return True
+        return self.size() + c < self.max_bytes
+
+    def remaining(self) -> int:
+        return self.max_bytes - self.size()
