@@ -305,7 +305,7 @@ def test_watcher_below_compaction_is_cancelled_with_compact_revision(kv: KVStore
 
 
 def test_compaction_notice_waits_for_room_in_a_full_channel(kv: KVStore) -> None:
-    store = WatchableStore(kv, channel_capacity=1)
+    store = WatchableStore(kv, responses_per_watcher=0, channel_capacity=1)
     r1 = put(kv, b"c")
     r2 = put(kv, b"c")
     kv.compact(r2)
@@ -324,7 +324,7 @@ def test_compaction_notice_waits_for_room_in_a_full_channel(kv: KVStore) -> None
 
 
 def test_full_channel_parks_watcher_as_victim_and_loses_nothing(kv: KVStore) -> None:
-    store = WatchableStore(kv, channel_capacity=1)
+    store = WatchableStore(kv, responses_per_watcher=0, channel_capacity=1)
     ws = store.new_watch_stream()
     other = store.new_watch_stream()
     wid = ws.watch(0, b"v", None, 0)
@@ -347,8 +347,21 @@ def test_full_channel_parks_watcher_as_victim_and_loses_nothing(kv: KVStore) -> 
     assert oid in other.watchers
 
 
+def test_channel_room_grows_with_the_watchers_of_a_stream(kv: KVStore) -> None:
+    store = WatchableStore(kv, channel_capacity=8, responses_per_watcher=2)
+    ws = store.new_watch_stream()
+    for _ in range(50):
+        ws.watch(0, b"p/", b"p0", 0)
+    assert ws.ch.capacity == 100
+    put(kv, b"p/1")
+    put(kv, b"p/2")  # two writes to fifty watchers fit; a third would not
+    assert not store.victims and len(ws.ch) == 100
+    put(kv, b"p/3")
+    assert len(store.victims) == 50
+
+
 def test_victim_returns_to_synced_when_nothing_happened_meanwhile(kv: KVStore) -> None:
-    store = WatchableStore(kv, channel_capacity=1)
+    store = WatchableStore(kv, responses_per_watcher=0, channel_capacity=1)
     ws = store.new_watch_stream()
     w = ws.watchers[ws.watch(0, b"v", None, 0)]
     put(kv, b"v")
@@ -360,7 +373,7 @@ def test_victim_returns_to_synced_when_nothing_happened_meanwhile(kv: KVStore) -
 
 
 def test_unsynced_watcher_with_full_channel_becomes_victim(kv: KVStore) -> None:
-    store = WatchableStore(kv, channel_capacity=1)
+    store = WatchableStore(kv, responses_per_watcher=0, channel_capacity=1)
     r1 = put(kv, b"u")
     ws = store.new_watch_stream()
     ws.ch.force("blocker")
@@ -374,7 +387,7 @@ def test_unsynced_watcher_with_full_channel_becomes_victim(kv: KVStore) -> None:
 
 @pytest.mark.parametrize("state", ["synced", "unsynced", "victim"])
 def test_cancel_removes_watcher_from_any_state(kv: KVStore, state: str) -> None:
-    store = WatchableStore(kv, channel_capacity=1)
+    store = WatchableStore(kv, responses_per_watcher=0, channel_capacity=1)
     r1 = put(kv, b"k")
     ws = store.new_watch_stream()
     wid = ws.watch(0, b"k", None, r1 if state == "unsynced" else 0)
@@ -452,7 +465,7 @@ def test_slow_consumers_lose_nothing_and_never_block_writes(kv: KVStore) -> None
     watcher must get exactly its events, in order, txns whole, and writes never wait."""
 
     async def run() -> None:
-        store = WatchableStore(kv, channel_capacity=2, sync_interval=0.005, victim_interval=0.002)
+        store = WatchableStore(kv, responses_per_watcher=0, channel_capacity=2, sync_interval=0.005, victim_interval=0.002)
         store.start()
         rng = random.Random(42)
         keys = [b"k/%d" % i for i in range(8)]

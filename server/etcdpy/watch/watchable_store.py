@@ -33,6 +33,7 @@ from etcdpy.mvcc import KVStore
 from etcdpy.pb.kv_pb2 import Event
 from etcdpy.watch.watcher import (
     DEFAULT_CHANNEL_CAPACITY,
+    DEFAULT_RESPONSES_PER_WATCHER,
     INVALID_WATCH_ID,
     SharedEvents,
     WatchChannel,
@@ -67,6 +68,7 @@ class WatchableStore:
         max_watchers_per_sync: int = MAX_WATCHERS_PER_SYNC,
         max_events_per_sync: int = MAX_EVENTS_PER_SYNC,
         channel_capacity: int = DEFAULT_CHANNEL_CAPACITY,
+        responses_per_watcher: int = DEFAULT_RESPONSES_PER_WATCHER,
         logger: logging.Logger | None = None,
     ) -> None:
         self.kv = kv
@@ -75,6 +77,7 @@ class WatchableStore:
         self.max_watchers_per_sync = max_watchers_per_sync
         self.max_events_per_sync = max_events_per_sync
         self.channel_capacity = channel_capacity
+        self.responses_per_watcher = responses_per_watcher
         self.log = logger or logging.getLogger("etcdpy.watch")
         self.synced = WatcherGroup()
         self.unsynced = WatcherGroup()
@@ -105,7 +108,7 @@ class WatchableStore:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def new_watch_stream(self) -> WatchStream:
-        return WatchStream(self, self.channel_capacity)
+        return WatchStream(self, self.channel_capacity, self.responses_per_watcher)
 
     def rev(self) -> int:
         return self.kv.current_rev

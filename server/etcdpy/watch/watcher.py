@@ -30,7 +30,10 @@ INVALID_WATCH_ID = -1
 """Watch id of responses that belong to no watcher: failed creates, stream-wide progress."""
 
 DEFAULT_CHANNEL_CAPACITY = 128
-"""Responses buffered per stream before its watchers become victims (etcd's chanBufLen)."""
+"""Responses buffered per stream before its watchers become victims (etcd's chanBufLen)..."""
+
+DEFAULT_RESPONSES_PER_WATCHER = 4
+"""...or this many per watcher on the stream, whichever is more."""
 
 
 class WatchError(Exception):
@@ -229,8 +232,15 @@ class WatchStream:
     compaction keeps its id until the client cancels it, as in etcd.
     """
 
-    def __init__(self, store: WatchableStore, capacity: int = DEFAULT_CHANNEL_CAPACITY) -> None:
+    def __init__(
+        self,
+        store: WatchableStore,
+        capacity: int = DEFAULT_CHANNEL_CAPACITY,
+        per_watcher: int = DEFAULT_RESPONSES_PER_WATCHER,
+    ) -> None:
         self._store = store
+        self._base_capacity = capacity
+        self._per_watcher = per_watcher
         self.ch = WatchChannel(capacity, store.wake_victims)
         self.watchers: dict[int, Watcher] = {}
         self._next_id = 0
@@ -258,6 +268,9 @@ class WatchStream:
             raise ErrWatcherDuplicateID()
         w = self._store.watch(key, end, start_rev, watch_id, self.ch, drop_types)
         self.watchers[watch_id] = w
+        # Room for a few writes' worth of responses to every watcher: one write fanning out to
+        # many watchers of a stream should not by itself turn them into victims.
+        self.ch.capacity = max(self._base_capacity, self._per_watcher * len(self.watchers))
         return watch_id
 
     def cancel(self, watch_id: int) -> None:
@@ -307,6 +320,7 @@ class WatchStream:
 __all__ = [
     "AUTO_WATCH_ID",
     "DEFAULT_CHANNEL_CAPACITY",
+    "DEFAULT_RESPONSES_PER_WATCHER",
     "INVALID_WATCH_ID",
     "ErrEmptyWatcherRange",
     "ErrWatcherDuplicateID",
