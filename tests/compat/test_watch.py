@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 import pytest
-from harness import GrpcClient, Member, current_revision, etcdctl_binary, kv_json, unb64
+from harness import GrpcClient, Member, current_revision, etcdctl_binary, kv_json
 
 TIMEOUT = 10.0
 COMPACTED = "etcdserver: mvcc: required revision has been compacted"
