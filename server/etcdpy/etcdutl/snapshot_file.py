@@ -147,7 +147,11 @@ def _check_tail(r: _Reader, verify: bool) -> bool:
     rest = r.size - r.pos
     if rest == 0:
         return False
-    if rest < SHA_LEN or rest > ALIGN + SHA_LEN:
+    if r.size % ALIGN != SHA_LEN:  # the Snapshot RPC pads so that a saved file always ends so
+        raise SnapshotFileError(
+            f"snapshot file {r.path} is truncated (it does not end with a complete etcdctl checksum)"
+        )
+    if rest > ALIGN + SHA_LEN:
         raise SnapshotFileError(f"snapshot file {r.path} is corrupt: {rest} unexpected bytes after the data")
     pad = r.read(rest - SHA_LEN, inner=False)
     if pad.strip(b"\x00"):

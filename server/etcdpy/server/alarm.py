@@ -49,12 +49,15 @@ _CORRUPT_REFUSED = ("put", "delete_range", "txn", "compaction", "lease_grant", "
 
 
 def alarm_string(m: rpc_pb2.AlarmMember) -> str:
-    """The member as Go's compact text format prints it (StatusResponse.errors, `alarm list`).
+    """The member as Go's compact text format prints it (StatusResponse.errors).
 
-    etcd 3.4.23 prints "memberID:13668033151171901709 alarm:NOSPACE " — the
-    trailing space is part of it.
+    etcd 3.4.23 prints "memberID:13668033151171901709 alarm:NOSPACE " — each
+    field followed by a space, zero-valued fields left out.
     """
-    return f"memberID:{m.memberID} alarm:{rpc_pb2.AlarmType.Name(m.alarm)} "
+    out = f"memberID:{m.memberID} " if m.memberID else ""
+    if m.alarm:
+        out += f"alarm:{rpc_pb2.AlarmType.Name(m.alarm)} "
+    return out
 
 
 class AlarmStore:
@@ -137,7 +140,7 @@ class AlarmApplier:
         if refused is not None:
             self.store.write().end(index, term)  # the entry is applied: record the consistent index
             return _result(err=refused)
-        if self.quota is not None and is_charged(req) and not self.quota.available(req):
+        if self.quota is not None and is_charged(req) and not self.quota.available(req, measure=False):
             return self._apply_over_quota(req, index, term)
         return None
 

@@ -105,12 +105,19 @@ class BackendQuota:
         """Measure again on the next question (after a defragmentation or a restore)."""
         self._measured_at = None
 
-    def available(self, req: raft_internal_pb2.InternalRaftRequest) -> bool:
-        """etcd's Available: free requests always pass; others need size + cost < quota."""
+    def available(self, req: raft_internal_pb2.InternalRaftRequest, measure: bool = True) -> bool:
+        """etcd's Available: free requests always pass; others need size + cost < quota.
+
+        The apply step asks with measure=False, i.e. against the size the proposer's own
+        check just used: in etcd both checks read the same size counter, which moves only
+        when the backend commits, so a write that passed its check rarely fails at apply.
+        Measuring again in between would make that common here (the size is a directory walk).
+        """
         c = cost(req)
         if c == 0:
             return True
-        return self.size() + c < self.max_bytes
+        size = self.size() if measure or self._measured_at is None else self._size
+        return size + c < self.max_bytes
 
     def remaining(self) -> int:
         return self.max_bytes - self.size()

@@ -1,0 +1,183 @@
+"""The quota's request costs and the alarm hook of the applier, on a real KV store.
+
+Why: an alarm must be applied exactly once (it commits with the consistent index),
+survive a reopen, and gate the same requests on every member; the quota's costs
+decide which requests are refused before proposing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from etcdpy import errors
+from etcdpy.lease import Lessor
+from etcdpy.mvcc import KVStore
+from etcdpy.mvcc.backend import BUCKET_ALARM
+from etcdpy.pb import raft_internal_pb2 as rip
+from etcdpy.pb import rpc_pb2 as pb
+from etcdpy.server.alarm import CORRUPT, NOSPACE, AlarmApplier, AlarmStore, alarm_string
+from etcdpy.server.apply import Applier
+from etcdpy.server.quota import BackendQuota, cost
+
+AR = pb.AlarmRequest
+
+
+def _put(key: bytes = b"k", value: bytes = b"v") -> rip.InternalRaftRequest:
+    return rip.InternalRaftRequest(put=pb.PutRequest(key=key, value=value))
+
+
+def _txn(success: list[pb.RequestOp], failure: list[pb.RequestOp] = ()) -> rip.InternalRaftRequest:  # type: ignore[assignment]
+    return rip.InternalRaftRequest(txn=pb.TxnRequest(success=success, failure=list(failure)))
+
+
+def _op_put(key: bytes, value: bytes = b"") -> pb.RequestOp:
+    return pb.RequestOp(request_put=pb.PutRequest(key=key, value=value))
+
+
+def _alarm(action: int, member: int, alarm: int) -> rip.InternalRaftRequest:
+    return rip.InternalRaftRequest(alarm=AR(action=action, memberID=member, alarm=alarm))
+
+
+# ---------------------------------------------------------------------------- quota
+
+
+def test_costs_follow_etcd() -> None:
+    assert cost(_put(b"key", b"x" * 100)) == 256 + 3 + 100
+    assert cost(rip.InternalRaftRequest(lease_grant=pb.LeaseGrantRequest(TTL=5))) == 64
+    assert cost(rip.InternalRaftRequest(delete_range=pb.DeleteRangeRequest(key=b"k"))) == 0
+    assert cost(_txn([pb.RequestOp(request_range=pb.RangeRequest(key=b"k"))])) == 0
+    # the costlier branch counts; nested txns do not
+    assert cost(_txn([_op_put(b"a"), _op_put(b"b", b"12")], [_op_put(b"c", b"x" * 10)])) == max(2 * 256 + 4, 256 + 11)
+    nested = pb.RequestOp(request_txn=pb.TxnRequest(success=[_op_put(b"n", b"v" * 1000)]))
+    assert cost(_txn([nested])) == 0
+
+
+def test_quota_available_and_size_cache() -> None:
+    now = [0.0]
+    size = [1000]
+    q = BackendQuota(lambda: size[0], 2000, clock=lambda: now[0])
+    assert q.available(_put(b"k", b"x" * 700))  # 1000 + 957 < 2000
+    assert not q.available(_put(b"k", b"x" * 800))  # 1000 + 1059 >= 2000
+    size[0] = 5000
+    assert q.available(_put(b"k", b"x"))  # the size measured 0 s ago still holds
+    now[0] = 0.2
+    assert not q.available(_put(b"k", b"x"))
+    assert q.available(_txn([pb.RequestOp(request_range=pb.RangeRequest(key=b"k"))]))  # free: always passes
+    size[0] = 10
+    assert not q.available(_put(), measure=False)  # the apply step reuses the last measure
+    q.invalidate()
+    assert q.available(_put())
+    assert BackendQuota(lambda: 0, 0).max_bytes == 2 * 1024**3
+
+
+# ---------------------------------------------------------------------------- alarm applier
+
+
+class World:
+    def __init__(self, path: Path, quota: BackendQuota | None = None) -> None:
+        self.kv = KVStore(str(path))
+        self.applier = Applier(self.kv, Lessor(5))
+        self.alarms = AlarmStore(self.kv.backend)
+        self.applier.alarm = AlarmApplier(self.kv, self.alarms, quota, self.applier.apply)
+        self.index = self.kv.consistent_index
+
+    def apply(self, req: rip.InternalRaftRequest):  # type: ignore[no-untyped-def]
+        self.index += 1
+        return self.applier.apply(req, self.index, 1)
+
+    def close(self) -> None:
+        self.kv.close()
+
+
+@pytest.fixture
+def world(tmp_path: Path):  # type: ignore[no-untyped-def]
+    w = World(tmp_path / "db")
+    yield w
+    w.close()
+
+
+def test_alarm_is_stored_with_the_consistent_index(world: World, tmp_path: Path) -> None:
+    res = world.apply(_alarm(AR.ACTIVATE, 7, NOSPACE))
+    assert res.err is None and [(a.memberID, a.alarm) for a in res.resp.alarms] == [(7, NOSPACE)]
+    assert world.kv.consistent_index == 1 and world.kv.current_rev == 1  # no revision for an alarm
+    stored = [pb.AlarmMember.FromString(k) for k, v in world.kv.backend.iterate(BUCKET_ALARM)]
+    assert [(a.memberID, a.alarm) for a in stored] == [(7, NOSPACE)]
+    world.close()
+    again = World(tmp_path / "db")
+    try:
+        assert [(a.memberID, a.alarm) for a in again.alarms.get()] == [(7, NOSPACE)]
+        assert again.apply(_put()).err.message == "etcdserver: mvcc: database space exceeded"
+        res = again.apply(_alarm(AR.DEACTIVATE, 7, NOSPACE))
+        assert [(a.memberID, a.alarm) for a in res.resp.alarms] == [(7, NOSPACE)]
+        assert list(again.kv.backend.iterate(BUCKET_ALARM)) == []
+        assert again.apply(_put()).err is None
+    finally:
+        again.close()
+
+
+def test_get_lists_by_type_in_a_stable_order(world: World) -> None:
+    for member, alarm in [(9, NOSPACE), (3, CORRUPT), (3, NOSPACE)]:
+        world.apply(_alarm(AR.ACTIVATE, member, alarm))
+    def get(alarm: int) -> list[tuple[int, int]]:
+        return [(a.memberID, a.alarm) for a in world.apply(_alarm(AR.GET, 0, alarm)).resp.alarms]
+    assert get(pb.NONE) == [(3, NOSPACE), (9, NOSPACE), (3, CORRUPT)]
+    assert get(CORRUPT) == [(3, CORRUPT)]
+    assert world.apply(_alarm(AR.ACTIVATE, 1, pb.NONE)).resp.alarms == []  # etcd 3.5: nothing to raise
+    assert world.apply(_alarm(AR.DEACTIVATE, 1, NOSPACE)).resp.alarms == []
+
+
+def test_nospace_gate(world: World) -> None:
+    world.apply(_put(b"a"))
+    world.apply(_alarm(AR.ACTIVATE, 1, NOSPACE))
+    rev = world.kv.current_rev
+    nospace = "etcdserver: mvcc: database space exceeded"
+    for req in (
+        _put(),
+        _txn([], [_op_put(b"x")]),
+        rip.InternalRaftRequest(lease_grant=pb.LeaseGrantRequest(ID=5, TTL=60)),
+    ):
+        before = world.kv.consistent_index
+        res = world.apply(req)
+        assert isinstance(res.err, errors.ErrGRPCNoSpace) and res.err.message == nospace
+        assert world.kv.consistent_index == before + 1  # refused entries are still applied entries
+    assert world.kv.current_rev == rev
+    assert world.apply(rip.InternalRaftRequest(delete_range=pb.DeleteRangeRequest(key=b"a"))).err is None
+    nested = pb.RequestOp(request_txn=pb.TxnRequest(success=[_op_put(b"n")]))
+    assert world.apply(_txn([nested])).err is None
+    assert world.apply(rip.InternalRaftRequest(compaction=pb.CompactionRequest(revision=2))).err is None
+
+
+def test_corrupt_gate(world: World) -> None:
+    world.apply(_alarm(AR.ACTIVATE, 1, CORRUPT))
+    for req in (
+        _put(),
+        rip.InternalRaftRequest(delete_range=pb.DeleteRangeRequest(key=b"a")),
+        _txn([pb.RequestOp(request_range=pb.RangeRequest(key=b"a"))]),
+        rip.InternalRaftRequest(compaction=pb.CompactionRequest(revision=1)),
+        rip.InternalRaftRequest(lease_revoke=pb.LeaseRevokeRequest(ID=1)),
+    ):
+        res = world.apply(req)
+        assert isinstance(res.err, errors.ErrCorrupt), req
+
+
+def test_over_quota_write_is_applied_but_answered_nospace(tmp_path: Path) -> None:
+    """etcd's quotaApplierV3: the write is in the store, its proposer hears "no space", no alarm."""
+    q = BackendQuota(lambda: 10_000, 10_000)
+    q.size()
+    w = World(tmp_path / "db", q)
+    try:
+        res = w.apply(_put(b"k", b"v"))
+        assert isinstance(res.err, errors.ErrGRPCNoSpace)
+        assert [e.kv.key for e in res.events] == [b"k"]
+        assert w.kv.range(b"k", None).kvs[0].value == b"v"
+        assert w.alarms.get() == []
+    finally:
+        w.close()
+
+
+def test_alarm_string_is_gos_text_format() -> None:
+    assert alarm_string(pb.AlarmMember(memberID=42, alarm=NOSPACE)) == "memberID:42 alarm:NOSPACE "
+    assert alarm_string(pb.AlarmMember(memberID=42, alarm=pb.NONE)) == "memberID:42 "
+    assert alarm_string(pb.AlarmMember(alarm=CORRUPT)) == "alarm:CORRUPT "
