@@ -181,3 +181,18 @@ def test_alarm_string_is_gos_text_format() -> None:
     assert alarm_string(pb.AlarmMember(memberID=42, alarm=NOSPACE)) == "memberID:42 alarm:NOSPACE "
     assert alarm_string(pb.AlarmMember(memberID=42, alarm=pb.NONE)) == "memberID:42 "
     assert alarm_string(pb.AlarmMember(alarm=CORRUPT)) == "alarm:CORRUPT "
+
+
+def test_alarms_follow_a_store_replaced_by_a_snapshot(tmp_path: Path) -> None:
+    """A follower installing the leader's snapshot must see the leader's alarms at once."""
+    leader, follower = World(tmp_path / "leader"), World(tmp_path / "follower")
+    try:
+        leader.apply(_alarm(AR.ACTIVATE, 1, NOSPACE))
+        leader.kv.snapshot_to(str(tmp_path / "snap"))
+        assert follower.apply(_put()).err is None
+        follower.kv.restore_from(str(tmp_path / "snap"))
+        assert isinstance(follower.apply(_put()).err, errors.ErrGRPCNoSpace)
+        assert [(a.memberID, a.alarm) for a in follower.alarms.get()] == [(1, NOSPACE)]
+    finally:
+        leader.close()
+        follower.close()

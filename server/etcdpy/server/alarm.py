@@ -65,14 +65,25 @@ class AlarmStore:
 
     def __init__(self, backend: Backend) -> None:
         self._alarms: dict[tuple[int, int], rpc_pb2.AlarmMember] = {}
+        self._backend = backend
         self.reload(backend)
 
     def reload(self, backend: Backend) -> None:
         """Read the alarm bucket (at start, and after the backend is replaced by a snapshot)."""
+        self._backend = backend
         self._alarms.clear()
         for key, _value in backend.iterate(BUCKET_ALARM):
             m = rpc_pb2.AlarmMember.FromString(key)
             self._alarms[(m.alarm, m.memberID)] = m
+
+    def sync(self, backend: Backend) -> None:
+        """Reload if the store now has another backend (a snapshot from the leader replaced it).
+
+        `KVStore.restore_from` opens a new Backend object, so an identity check is enough
+        and costs nothing on the apply path.
+        """
+        if backend is not self._backend:
+            self.reload(backend)
 
     def get(self, alarm: int = NONE) -> list[rpc_pb2.AlarmMember]:
         """Active alarms of one type, or of every type for NONE; ordered by type, then member."""
@@ -134,6 +145,7 @@ class AlarmApplier:
     def apply(self, req: raft_internal_pb2.InternalRaftRequest, index: int, term: int) -> ApplyResult | None:
         if self._inside:
             return None
+        self.alarms.sync(self.store.backend)
         if req.HasField("alarm"):
             return self._apply_alarm(req.alarm, index, term)
         refused = self._refusal(req)

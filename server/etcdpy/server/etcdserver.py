@@ -617,6 +617,10 @@ class EtcdServer:
     def is_leader(self) -> bool:
         return self.lead == self.member_id
 
+    def alarms(self) -> list[rpc_pb2.AlarmMember]:
+        """etcd's Alarms(): the active alarms, answered locally (Status errors, HTTP /health)."""
+        return self.maintenance.active_alarms() if self.maintenance is not None else []
+
     def status(self) -> rpc_pb2.StatusResponse:
         from etcdpy import ETCD_VERSION
 

@@ -145,7 +145,10 @@ class MaintenanceOps:
 
     def active_alarms(self) -> list[rpc_pb2.AlarmMember]:
         """What is raised now (for Status, HTTP /health and tests); answered locally."""
-        return self.alarms.get() if self.alarms is not None else []
+        if self.alarms is None or self.server.kv is None:
+            return []
+        self.alarms.sync(self.server.kv.backend)
+        return self.alarms.get()
 
     def status_errors(self) -> list[str]:
         """StatusResponse.errors: no leader, then every active alarm in Go's text format."""
