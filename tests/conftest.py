@@ -56,6 +56,24 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
             report.sections.append((f"{target()} member {m.name} ({m.endpoint}) logs", m.log_tail(80)))
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Remove iptables rules and cgroups that dead test runs left behind.
+
+    Cheap and silent when there is nothing to do (not root, no iptables, no chain).
+    Why at session start: a pytest killed mid-partition cannot remove its DROP rules;
+    they only match connections of that run's (dead) members, but should not pile up.
+    """
+    import os
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("iptables"):
+        return
+    try:
+        NetworkFaults().cleanup_leftovers()
+    except Exception:  # noqa: BLE001 - housekeeping must never break a session
+        pass
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     return f"etcdpy test target: {target()}"
 

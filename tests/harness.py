@@ -518,6 +518,10 @@ class Member:
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     _grpc: GrpcClient | None = None
+    # "https": the member serves its client URL with TLS (its flags come through extra_args);
+    # `grpc_credentials` are then what readiness probes present (CA, client cert).
+    scheme: str = "http"
+    grpc_credentials: grpc.ChannelCredentials | None = None
     # Loopback address for both URLs; multi-member clusters give each member its own
     # (127.0.0.10+i) so logs, URLs and partition rules read like distinct hosts.
     host: str = "127.0.0.1"
@@ -531,7 +535,7 @@ class Member:
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.host}:{self.client.port}"
+        return f"{self.scheme}://{self.host}:{self.client.port}"
 
     @property
     def peer_url(self) -> str:
@@ -614,6 +618,12 @@ class Member:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def client_channel(self) -> grpc.Channel:
+        """A new channel to the client URL: TLS with `grpc_credentials` for an https member."""
+        if self.grpc_credentials is not None:
+            return grpc.secure_channel(self.endpoint, self.grpc_credentials)
+        return grpc.insecure_channel(self.endpoint)
+
     def wait_ready(self, timeout: float = READY_TIMEOUT, serializable: bool | None = None) -> None:
         """Poll a linearizable gRPC Range until it succeeds (leader known, applied up to date).
 
@@ -624,7 +634,7 @@ class Member:
         if serializable is None:
             serializable = self.learner
         deadline = time.monotonic() + timeout
-        channel = grpc.insecure_channel(self.endpoint)
+        channel = self.client_channel()
         last: BaseException | None = None
         try:
             while True:
@@ -1099,17 +1109,29 @@ class NetworkFaults:
         return ["-m", "comment", "--comment", f"{_RULE_COMMENT} pid={self.pid} {what}"]
 
     def _ensure_chain(self) -> None:
-        with self._locked():
-            if self._ipt("-S", IPTABLES_CHAIN, check=False).returncode != 0:
-                self._ipt("-N", IPTABLES_CHAIN)
-            if self._ipt("-C", "OUTPUT", "-j", IPTABLES_CHAIN, check=False).returncode != 0:
-                self._ipt("-I", "OUTPUT", "1", "-j", IPTABLES_CHAIN)
+        """Create the chain and its jump from OUTPUT if missing (call with the lock held)."""
+        if self._ipt("-S", IPTABLES_CHAIN, check=False).returncode != 0:
+            self._ipt("-N", IPTABLES_CHAIN)
+        if self._ipt("-C", "OUTPUT", "-j", IPTABLES_CHAIN, check=False).returncode != 0:
+            self._ipt("-I", "OUTPUT", "1", "-j", IPTABLES_CHAIN)
+
+    def _drop_chain_if_unused(self) -> None:
+        """Remove the jump and the chain when no rule is left in it (call with the lock held)."""
+        out = self._ipt("-S", IPTABLES_CHAIN, check=False)
+        if out.returncode == 0 and not [x for x in out.stdout.splitlines() if x.startswith("-A ")]:
+            while self._ipt("-D", "OUTPUT", "-j", IPTABLES_CHAIN, check=False).returncode == 0:
+                pass
+            self._ipt("-X", IPTABLES_CHAIN, check=False)
 
     def _add_rule(self, spec: list[str], first: bool = False) -> list[str]:
-        if first:
-            self._ipt("-I", IPTABLES_CHAIN, "1", *spec)
-        else:
-            self._ipt("-A", IPTABLES_CHAIN, *spec)
+        """Add a rule (creating the chain if needed) under the lock, so that another run's
+        cleanup cannot delete the chain between its creation and our first rule."""
+        with self._locked():
+            self._ensure_chain()
+            if first:
+                self._ipt("-I", IPTABLES_CHAIN, "1", *spec)
+            else:
+                self._ipt("-A", IPTABLES_CHAIN, *spec)
         self._rules.append(spec)
         return spec
 
@@ -1161,7 +1183,6 @@ class NetworkFaults:
             return f"iptables not found ({self.iptables}); apt-get install iptables"
         if self._root is None:
             return "no cgroup2 hierarchy mounted at its root (needed to tell members' connections apart)"
-        self._ensure_chain()
         self.cleanup_leftovers()
         listener_port = reserve_port(host="127.0.0.2")
         with socket.socket() as listener:
@@ -1264,6 +1285,7 @@ class NetworkFaults:
                 if pid_text.isdigit() and not _pid_alive(int(pid_text)):
                     self._ipt("-D", *shlex.split(line)[1:], check=False)
                     removed += 1
+            self._drop_chain_if_unused()
         if self._root is not None and (self._root / _CGROUP_TOP).is_dir():
             for run_dir in (self._root / _CGROUP_TOP).iterdir():
                 if run_dir.name.isdigit() and not _pid_alive(int(run_dir.name)):
@@ -1292,11 +1314,7 @@ class NetworkFaults:
         if not Path(self.iptables).exists() or os.geteuid() != 0:
             return
         with self._locked():
-            out = self._ipt("-S", IPTABLES_CHAIN, check=False)
-            if out.returncode == 0 and not [x for x in out.stdout.splitlines() if x.startswith("-A ")]:
-                while self._ipt("-D", "OUTPUT", "-j", IPTABLES_CHAIN, check=False).returncode == 0:
-                    pass
-                self._ipt("-X", IPTABLES_CHAIN, check=False)
+            self._drop_chain_if_unused()
 
 
 class Partition:
