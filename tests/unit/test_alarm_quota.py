@@ -196,3 +196,17 @@ def test_alarms_follow_a_store_replaced_by_a_snapshot(tmp_path: Path) -> None:
     finally:
         leader.close()
         follower.close()
+
+
+def test_corruption_check_compares_only_comparable_hashes() -> None:
+    from etcdpy.server.maintenance import MemberHash, find_corrupt_members
+
+    me = MemberHash(1, revision=10, compact_revision=5, hash=111)
+    peers = [
+        MemberHash(2, 10, 5, 111),  # agrees
+        MemberHash(3, 10, 5, 222),  # same point in history, different data: corrupt
+        MemberHash(4, 11, 5, 333),  # another revision: not comparable
+        MemberHash(5, 10, 6, 444),  # another compaction: not comparable
+        MemberHash(1, 10, 5, 999),  # ourselves
+    ]
+    assert find_corrupt_members(me, peers) == [3]

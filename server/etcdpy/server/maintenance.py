@@ -40,6 +40,7 @@ from etcdpy.server.compactor import Periodic, RetentionError, RevisionCompactor,
 from etcdpy.server.quota import BackendQuota, is_charged
 
 if TYPE_CHECKING:
+    from etcdpy.mvcc import KVStore
     from etcdpy.server.etcdserver import EtcdServer
 
 SNAPSHOT_SEND_BUFFER = 32 * 1024
@@ -228,9 +229,9 @@ class SnapshotSender:
         self.total = total
 
     @classmethod
-    def prepare(cls, kv: object, spool_dir: str) -> SnapshotSender:
+    def prepare(cls, kv: KVStore, spool_dir: str) -> SnapshotSender:
         """Blocking: checkpoint the backend and write it, zero-padded to SNAPSHOT_ALIGN, to a temp file."""
-        stream = kv.open_snapshot()  # type: ignore[attr-defined]
+        stream = kv.open_snapshot()
         f = tempfile.TemporaryFile(dir=spool_dir if os.path.isdir(spool_dir) else None)
         try:
             n = stream.write_to(f)
