@@ -105,6 +105,16 @@ def _compaction_retention(value: str) -> str:
     return value
 
 
+def _bool(value: str) -> bool:
+    """Go's strconv.ParseBool, as etcd parses boolean flags and their ETCD_* twins."""
+    v = value.strip().lower()
+    if v in ("1", "t", "true"):
+        return True
+    if v in ("0", "f", "false"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean value {value!r}")
+
+
 def _cluster_state(value: str) -> str:
     if value not in ("new", "existing"):
         raise argparse.ArgumentTypeError(f"invalid value {value!r} (want 'new' or 'existing')")
@@ -129,6 +139,15 @@ FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("heartbeat-interval", _positive_int, 100, "time (in milliseconds) of a heartbeat interval"),
     ("election-timeout", _positive_int, 1000, "time (in milliseconds) for an election to timeout"),
     ("log-level", _log_level, "info", "debug, info, warn, error, panic or fatal"),
+    ("listen-metrics-urls", _urls, [], "URLs to serve /metrics and the health endpoints on"),
+    ("cert-file", str, "", "path to the client server TLS cert file"),
+    ("key-file", str, "", "path to the client server TLS key file"),
+    ("trusted-ca-file", str, "", "path to the client server TLS trusted CA cert file"),
+    ("client-cert-auth", _bool, False, "enable client cert authentication"),
+    ("peer-cert-file", str, "", "path to the peer server TLS cert file"),
+    ("peer-key-file", str, "", "path to the peer server TLS key file"),
+    ("peer-trusted-ca-file", str, "", "path to the peer server TLS trusted CA file"),
+    ("peer-client-cert-auth", _bool, False, "enable peer client cert authentication"),
     ("auto-compaction-mode", _compaction_mode, "periodic", "how to read --auto-compaction-retention: periodic or revision"),
     (
         "auto-compaction-retention",
@@ -154,7 +173,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="etcdpy", description="An etcd-compatible key-value server.", allow_abbrev=False)
     for name, typ, default, help_ in FLAGS:
-        p.add_argument(f"--{name}", type=typ, default=None, help=f"{help_} [${env_name(name)}]")
+        # A boolean flag may stand alone (--client-cert-auth) or take a value (=false), as in Go.
+        extra: dict[str, Any] = {"nargs": "?", "const": "true"} if typ is _bool else {}
+        p.add_argument(f"--{name}", type=typ, default=None, help=f"{help_} [${env_name(name)}]", **extra)
     p.add_argument("--version", action="store_true", help="print the version and exit")
     return p
 
@@ -216,6 +237,15 @@ def config_from_args(argv: list[str], environ: dict[str, str] | None = None) -> 
         heartbeat_ms=v["heartbeat_interval"],
         election_ms=v["election_timeout"],
         log_level=v["log_level"],
+        listen_metrics_urls=v["listen_metrics_urls"],
+        cert_file=v["cert_file"],
+        key_file=v["key_file"],
+        trusted_ca_file=v["trusted_ca_file"],
+        client_cert_auth=v["client_cert_auth"],
+        peer_cert_file=v["peer_cert_file"],
+        peer_key_file=v["peer_key_file"],
+        peer_trusted_ca_file=v["peer_trusted_ca_file"],
+        peer_client_cert_auth=v["peer_client_cert_auth"],
         auto_compaction_mode=v["auto_compaction_mode"],
         auto_compaction_retention=v["auto_compaction_retention"],
         # etcd keeps its default for a zero or negative interval.
@@ -227,12 +257,14 @@ def config_from_args(argv: list[str], environ: dict[str, str] | None = None) -> 
 
 async def serve(cfg: ServerConfig, log: logging.Logger) -> int:
     """Bind the listeners, start the member, serve until SIGTERM/SIGINT, then stop gracefully."""
-    from etcdpy.api.grpcserver import ListenError, build_grpc_server
+    from etcdpy.api.grpcserver import ListenError
+    from etcdpy.api.listeners import Listeners
     from etcdpy.server.etcdserver import EtcdServer, StartupError
 
     server = EtcdServer(cfg, log)
+    listeners = Listeners(server, log)
     try:
-        grpc_server = build_grpc_server(server)
+        listeners.bind()
     except (ListenError, ValueError) as e:
         sys.stderr.write(f"etcdpy: {e}\n")
         return 1
@@ -240,13 +272,9 @@ async def serve(cfg: ServerConfig, log: logging.Logger) -> int:
         await server.start()
     except StartupError as e:
         sys.stderr.write(f"etcdpy: {e}\n")
-        await grpc_server.stop(None)
+        await listeners.stop(None)
         return 1
-    await grpc_server.start()
-    log.info(
-        "serving client traffic insecurely",
-        extra={"fields": {"address": ",".join(cfg.listen_client_urls), "name": cfg.name}},
-    )
+    await listeners.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -255,7 +283,7 @@ async def serve(cfg: ServerConfig, log: logging.Logger) -> int:
     done_task = asyncio.create_task(server.done.wait())
     await asyncio.wait([stop_task, done_task], return_when=asyncio.FIRST_COMPLETED)
     log.info("received signal; shutting down", extra={"fields": {"name": cfg.name}})
-    await grpc_server.stop(grace=2.0)
+    await listeners.stop(grace=2.0)
     await server.stop()
     for t in (stop_task, done_task):
         t.cancel()

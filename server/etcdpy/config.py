@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from etcdpy.tlsutil import TLSInfo
+
 DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024
 DEFAULT_QUOTA_BACKEND_BYTES = 2 * 1024 * 1024 * 1024
 MAX_GAP_BETWEEN_APPLY_AND_COMMIT = 5000
@@ -34,6 +36,16 @@ class ServerConfig:
     heartbeat_ms: int = 100
     election_ms: int = 1000
     log_level: str = "info"
+    listen_metrics_urls: list[str] = field(default_factory=list)  # --listen-metrics-urls
+    # Client TLS (--cert-file, --key-file, --trusted-ca-file, --client-cert-auth) and its --peer-* twin.
+    cert_file: str = ""
+    key_file: str = ""
+    trusted_ca_file: str = ""
+    client_cert_auth: bool = False
+    peer_cert_file: str = ""
+    peer_key_file: str = ""
+    peer_trusted_ca_file: str = ""
+    peer_client_cert_auth: bool = False
     auto_compaction_mode: str = "periodic"  # --auto-compaction-mode: periodic | revision
     auto_compaction_retention: str = "0"  # --auto-compaction-retention: "0" = off (see server.compactor)
     watch_progress_notify_interval: float = DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL  # seconds
@@ -66,6 +78,16 @@ class ServerConfig:
     def request_timeout(self) -> float:
         """etcd's ReqTimeout: 5 s plus two election timeouts."""
         return 5.0 + 2 * self.election_ms / 1000.0
+
+    @property
+    def client_tls(self) -> TLSInfo:
+        return TLSInfo(self.cert_file, self.key_file, self.trusted_ca_file, self.client_cert_auth)
+
+    @property
+    def peer_tls(self) -> TLSInfo:
+        """For the peer transport: `.server_credentials()` to listen, `.channel_credentials()` to dial."""
+        return TLSInfo(self.peer_cert_file, self.peer_key_file, self.peer_trusted_ca_file,
+                       self.peer_client_cert_auth, flag_prefix="peer-")
 
     @property
     def effective_quota(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 
 import grpc
 
@@ -11,7 +12,7 @@ from etcdpy.api.kv import KVService
 from etcdpy.api.lease import LeaseService
 from etcdpy.api.maintenance import MaintenanceService
 from etcdpy.api.watch import WatchService
-from etcdpy.config import url_host_port
+from etcdpy.config import ServerConfig, url_host_port
 from etcdpy.pb import rpc_pb2_grpc
 from etcdpy.server.etcdserver import EtcdServer
 
@@ -24,7 +25,13 @@ class ListenError(Exception):
     """A listen address could not be bound (port in use, bad address)."""
 
 
-def build_grpc_server(server: EtcdServer) -> grpc.aio.Server:
+def build_grpc_server(
+    server: EtcdServer,
+    *,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    bind_client_urls: bool = True,
+) -> grpc.aio.Server:
+    """Every v3 service; bound to the client URLs unless the caller (api.listeners) binds itself."""
     cfg = server.cfg
     options = [
         # Without this two servers could share a port silently (gRPC sets SO_REUSEPORT by default).
@@ -35,26 +42,39 @@ def build_grpc_server(server: EtcdServer) -> grpc.aio.Server:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 5000),
     ]
-    g = grpc.aio.server(options=options)
+    g = grpc.aio.server(options=options, interceptors=list(interceptors))
     rpc_pb2_grpc.add_KVServicer_to_server(KVService(server), g)
     rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(server), g)
     rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(server), g)
     rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(server), g)
     # Watch writes pre-encoded responses, so it registers its own (pass-through) handler.
     WatchService(server, cfg.max_request_bytes + GRPC_OVERHEAD_BYTES).add_to_server(g)
-    for url in cfg.listen_client_urls:
-        host, port, scheme = url_host_port(url, 2379)
-        if scheme == "https":
-            raise ListenError(f"TLS listener {url} needs --cert-file/--key-file (not supported yet)")
-        addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        check_bindable(host, port)
-        try:
-            bound = g.add_insecure_port(addr)
-        except RuntimeError as e:
-            raise ListenError(f"listen tcp {addr}: bind: address already in use ({e})") from e
-        if bound == 0:
-            raise ListenError(f"listen tcp {addr}: bind: address already in use")
+    if bind_client_urls:
+        for url in cfg.listen_client_urls:
+            bind_client_url(g, cfg, url)
     return g
+
+
+def bind_client_url(g: grpc.aio.Server, cfg: ServerConfig, url: str) -> None:
+    """Listen on one client URL: plain for http://, with --cert-file/--key-file for https://."""
+    from etcdpy.tlsutil import TLSConfigError
+
+    host, port, scheme = url_host_port(url, 2379)
+    addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        creds = None
+        if scheme == "https":
+            cfg.client_tls.check([url], "client")
+            creds = cfg.client_tls.server_credentials()
+    except TLSConfigError as e:
+        raise ListenError(str(e)) from e
+    check_bindable(host, port)
+    try:
+        bound = g.add_secure_port(addr, creds) if creds is not None else g.add_insecure_port(addr)
+    except RuntimeError as e:
+        raise ListenError(f"listen tcp {addr}: bind: address already in use ({e})") from e
+    if bound == 0:
+        raise ListenError(f"listen tcp {addr}: bind: address already in use")
 
 
 def check_bindable(host: str, port: int) -> None:

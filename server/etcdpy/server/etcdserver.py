@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from etcdpy import errors
 from etcdpy.config import MAX_GAP_BETWEEN_APPLY_AND_COMMIT, ServerConfig
 from etcdpy.lease import ExpiredLeaseRevoker, Lessor, min_lease_ttl, renew_on_primary
+from etcdpy.metrics import ServerMetrics
 from etcdpy.mvcc import KVStore
 from etcdpy.pb import raft_internal_pb2, rpc_pb2
 from etcdpy.raft import Config as RaftConfig
@@ -98,6 +99,7 @@ class EtcdServer:
         self.leader_changes = 0
         self.last_leader_change = time.monotonic()
         self.done = asyncio.Event()
+        self.metrics = ServerMetrics()  # hot counters; the rest is read at scrape time
         self.ready = asyncio.Event()
         self._has_leader = asyncio.Event()
 
@@ -135,6 +137,7 @@ class EtcdServer:
             tick_seconds=cfg.heartbeat_ms / 1000.0,
             logger=self.log,
         )
+        self.raft.on_persist = self.metrics.wal_fsync.observe
         self._tasks = [
             asyncio.create_task(self.raft.run(self), name="raft"),
             asyncio.create_task(self.raft.run_ticker(), name="ticker"),
@@ -287,12 +290,14 @@ class EtcdServer:
         try:
             self.raft.propose(data)
         except ProposalDropped:
+            self.metrics.proposals_failed += 1
             self.wait.trigger(req_id, None)
             raise errors.ErrNoLeader() if self.lead == NONE else errors.ErrTimeout()
         try:
             async with asyncio.timeout(self.cfg.request_timeout):
                 result: ApplyResult | None = await fut
         except TimeoutError:
+            self.metrics.proposals_failed += 1
             self.wait.trigger(req_id, None)
             raise self._timeout_error(start) from None
         except asyncio.CancelledError:
@@ -552,7 +557,10 @@ class EtcdServer:
             return
         if ent.index <= self.kv.consistent_index:
             return  # applied before a restart: the store already has it
-        self._trigger(req, self.applier.apply(req, ent.index, ent.term))
+        t0 = time.perf_counter()
+        result = self.applier.apply(req, ent.index, ent.term)  # one RocksDB write batch per entry
+        self.metrics.backend_commit.observe(time.perf_counter() - t0)
+        self._trigger(req, result)
 
     def _trigger(self, req: raft_internal_pb2.InternalRaftRequest, result: ApplyResult) -> None:
         req_id = req.header.ID or req.ID

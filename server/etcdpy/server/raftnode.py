@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Protocol
 
 from etcdpy.raft import RawNode
@@ -81,6 +82,7 @@ class RaftNode:
         self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal")
         self.fsync_seconds_total = 0.0
         self.fsync_count = 0
+        self.on_persist: Callable[[float], None] | None = None  # seconds of each WAL save+fsync (metrics)
 
     # -- inputs (all on the loop thread) -------------------------------------------------
 
@@ -158,8 +160,11 @@ class RaftNode:
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         await loop.run_in_executor(self._disk, self.wal.save, hs, entries)
-        self.fsync_seconds_total += time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        self.fsync_seconds_total += elapsed
         self.fsync_count += 1
+        if self.on_persist is not None:
+            self.on_persist(elapsed)
 
     async def _persist_snapshot(self, snap: Snapshot) -> None:
         loop = asyncio.get_running_loop()

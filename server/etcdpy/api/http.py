@@ -1,0 +1,379 @@
+"""etcd's HTTP endpoints (/health, /livez, /readyz, /version, /metrics) on a tiny HTTP/1.1 server.
+
+Why a hand-written protocol instead of a framework: the endpoints are few, GET-only
+and tiny, and they share the event loop with the server, so the server here is an
+`asyncio.Protocol` that parses a request head, runs one handler and answers with
+one coalesced write. It keeps connections alive (HTTP/1.1 default), answers
+pipelined requests in order, and pauses reading while a handler runs so a client
+cannot queue unbounded work.
+
+The semantics and bodies are etcd 3.5's (server/etcdserver/api/etcdhttp):
+
+- /health: alarms (``?exclude=NOSPACE``), then a leader unless ``?serializable=true``,
+  then a keys-only Range with limit 1 (linearizable unless serializable); 200 with
+  ``{"health":"true","reason":""}``, else 503 with ``{"health":"false","reason":...}``.
+- /livez (serializable_read) and /readyz (data_corruption, serializable_read,
+  linearizable_read), each also at /livez/<check>; ``?exclude=<check>``; ``?verbose``
+  lists ``[+]name ok`` lines before ``ok``; a failure is 503 listing every check.
+- /version: ``{"etcdserver":"3.5.13","etcdcluster":"3.5.0"}`` (client URLs only, as etcd).
+- /metrics: Prometheus text format from the server's private registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from etcdpy import errors
+
+log = logging.getLogger("etcdpy.http")
+
+MAX_HEAD_BYTES = 64 * 1024
+MAX_BODY_BYTES = 1024 * 1024
+TEXT_PLAIN = "text/plain; charset=utf-8"
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass
+class Request:
+    method: str
+    target: str
+    version: str
+    headers: dict[str, str]
+    path: str = ""
+    query: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.target)
+        self.path = parts.path or "/"
+        self.query = parse_qs(parts.query, keep_blank_values=True)
+
+    @property
+    def keep_alive(self) -> bool:
+        conn = self.headers.get("connection", "").lower()
+        if self.version == "HTTP/1.0":
+            return conn == "keep-alive"
+        return conn != "close"
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str | None = TEXT_PLAIN
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def text_error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
+    """Go's http.Error: plain text, nosniff, the message plus a newline."""
+    return Response(status, (message + "\n").encode(), TEXT_PLAIN,
+                    [("X-Content-Type-Options", "nosniff"), *(headers or [])])
+
+
+def not_found() -> Response:
+    return text_error(404, "404 page not found")
+
+
+def method_not_allowed(allow: str = "GET") -> Response:
+    return text_error(405, "Method Not Allowed", [("Allow", allow)])
+
+
+def encode_response(resp: Response, keep_alive: bool, head_only: bool = False) -> bytes:
+    """Status line, headers and body as one buffer: one write, one segment for small answers."""
+    reason = HTTPStatus(resp.status).phrase if resp.status in HTTPStatus._value2member_map_ else ""
+    lines = [f"HTTP/1.1 {resp.status} {reason}"]
+    if resp.content_type:
+        lines.append(f"Content-Type: {resp.content_type}")
+    lines.extend(f"{k}: {v}" for k, v in resp.headers)
+    lines.append(f"Date: {formatdate(usegmt=True)}")
+    lines.append(f"Content-Length: {len(resp.body)}")
+    if not keep_alive:
+        lines.append("Connection: close")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head if head_only else head + resp.body
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One HTTP/1.1 connection: parse, dispatch to `router`, answer in order."""
+
+    def __init__(self, router: Callable[[Request], Awaitable[Response]]) -> None:
+        self.router = router
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._task: asyncio.Task[None] | None = None
+        self._eof = False
+        self._closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if self._task is None:
+            self._next()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self._task is None:
+            self._next()
+        return True  # keep the write side open until the pending answer is out
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+
+    def _next(self) -> None:
+        """Start the next complete request in the buffer, or close on EOF/garbage."""
+        assert self.transport is not None
+        if self._closing:
+            return
+        end = self._buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._buf) > MAX_HEAD_BYTES:
+                self._fail(431, "Request Header Fields Too Large")
+            elif self._eof:
+                self._close()
+            return
+        try:
+            req, body_len = _parse_head(bytes(self._buf[:end]))
+        except ValueError:
+            self._fail(400, "Bad Request")
+            return
+        if body_len > MAX_BODY_BYTES:
+            self._fail(413, "Request Entity Too Large")
+            return
+        if len(self._buf) < end + 4 + body_len:
+            if self._eof:
+                self._close()
+            return
+        del self._buf[: end + 4 + body_len]
+        self.transport.pause_reading()
+        self._task = asyncio.ensure_future(self._serve(req))
+
+    async def _serve(self, req: Request) -> None:
+        try:
+            resp = await self.router(req)
+        except asyncio.CancelledError:
+            return
+        except Exception:  # noqa: BLE001 - a handler bug must not kill the listener
+            log.exception("HTTP handler failed", extra={"fields": {"path": req.path}})
+            resp = text_error(500, "Internal Server Error")
+        assert self.transport is not None
+        if self._closing:
+            return
+        keep = req.keep_alive and not self._eof
+        self.transport.write(encode_response(resp, keep, head_only=req.method == "HEAD"))
+        self._task = None
+        if not keep:
+            self._close()
+            return
+        self.transport.resume_reading()
+        self._next()
+
+    def _fail(self, status: int, message: str) -> None:
+        assert self.transport is not None
+        self.transport.write(encode_response(text_error(status, message), keep_alive=False))
+        self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _parse_head(head: bytes) -> tuple[Request, int]:
+    """Request line and headers; returns the request and the body length to skip."""
+    text = head.decode("latin-1")
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise ValueError("bad request line")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise ValueError("bad header line")
+        headers[name.lower()] = value.strip()
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        raise ValueError("chunked request bodies are not supported")
+    try:
+        body_len = int(headers.get("content-length", "0"))
+    except ValueError:
+        raise ValueError("bad content-length") from None
+    if body_len < 0:
+        raise ValueError("bad content-length")
+    return Request(parts[0], parts[1], parts[2], headers), body_len
+
+
+# --------------------------------------------------------------------------- etcd's endpoints
+
+
+@dataclass
+class Health:
+    health: str
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.health == "true"
+
+
+class EtcdHttpApi:
+    """Routes and handlers for one listener kind: "client" (with /version) or "metrics" (without, as etcd)."""
+
+    def __init__(self, server: Any, registry: Any, *, kind: str = "client") -> None:
+        from etcdpy import ETCD_CLUSTER_VERSION, ETCD_VERSION
+
+        self.server = server
+        self.registry = registry
+        self.routes: dict[str, Handler] = {
+            "/health": self.health,
+            "/metrics": self.metrics,
+        }
+        self._version_body = json.dumps(
+            {"etcdserver": ETCD_VERSION, "etcdcluster": ETCD_CLUSTER_VERSION}, separators=(",", ":")
+        ).encode()
+        if kind == "client":
+            self.routes["/version"] = self.version
+        self._checks: dict[str, dict[str, Callable[[], Awaitable[str | None]]]] = {
+            "livez": {"serializable_read": self._serializable_read},
+            "readyz": {
+                "data_corruption": self._no_corrupt_alarm,
+                "serializable_read": self._serializable_read,
+                "linearizable_read": self._linearizable_read,
+            },
+        }
+        for kind_name, checks in self._checks.items():
+            self.routes[f"/{kind_name}"] = self._check_handler(kind_name, None)
+            for name in checks:
+                self.routes[f"/{kind_name}/{name}"] = self._check_handler(kind_name, name)
+
+    async def __call__(self, req: Request) -> Response:
+        handler = self.routes.get(req.path)
+        if handler is None:
+            return not_found()
+        return await handler(req)
+
+    def protocol(self) -> HttpProtocol:
+        """A protocol instance for one new connection (the listener's protocol factory)."""
+        return HttpProtocol(self)
+
+    # -- /version and /metrics
+
+    async def version(self, req: Request) -> Response:
+        if req.method != "GET":
+            return method_not_allowed()
+        return Response(200, self._version_body, "application/json")
+
+    async def metrics(self, req: Request) -> Response:
+        from prometheus_client.exposition import generate_latest
+
+        return Response(200, generate_latest(self.registry), PROMETHEUS_TEXT)
+
+    # -- /health
+
+    async def health(self, req: Request) -> Response:
+        if req.method != "GET":
+            return method_not_allowed()
+        excluded = {a for a in req.query.get("exclude", []) if a}
+        serializable = req.query.get("serializable", [""])[0] == "true"
+        h = await self.check_health(excluded, serializable)
+        metrics = getattr(self.server, "metrics", None)
+        if metrics is not None:
+            if h.ok:
+                metrics.health_success += 1
+            else:
+                metrics.health_failures += 1
+        body = json.dumps({"health": h.health, "reason": h.reason}, separators=(",", ":"))
+        if not h.ok:
+            log.warning("/health error", extra={"fields": {"output": body, "status-code": 503}})
+            return text_error(503, body)
+        return Response(200, body.encode(), TEXT_PLAIN)
+
+    async def check_health(self, excluded_alarms: set[str], serializable: bool) -> Health:
+        for alarm in active_alarms(self.server):
+            if alarm in excluded_alarms:
+                continue
+            reason = {"NOSPACE": "ALARM NOSPACE", "CORRUPT": "ALARM CORRUPT"}.get(alarm, "ALARM UNKNOWN")
+            return Health("false", reason)
+        if not serializable and not self.server.lead:
+            return Health("false", "RAFT NO LEADER")
+        err = await self._range(serializable)
+        if err is not None:
+            return Health("false", f"RANGE ERROR:{err}")
+        return Health("true")
+
+    async def _range(self, serializable: bool) -> str | None:
+        """etcd's checkAPI: a keys-only, limit-1 Range within the request timeout; the error text or None."""
+        from etcdpy.pb import rpc_pb2
+
+        req = rpc_pb2.RangeRequest(keys_only=True, limit=1, serializable=serializable)
+        try:
+            async with asyncio.timeout(self.server.cfg.request_timeout):
+                await self.server.range(req)
+        except (errors.ErrUserEmpty, errors.ErrPermissionDenied):
+            # etcd 3.5 reads as root here; 3.4 ignores exactly these: auth is not ill health.
+            return None
+        except errors.EtcdError as e:
+            return e.message
+        except TimeoutError:
+            return "context deadline exceeded"
+        return None
+
+    # -- /livez and /readyz
+
+    async def _serializable_read(self) -> str | None:
+        return await self._range(True)
+
+    async def _linearizable_read(self) -> str | None:
+        return await self._range(False)
+
+    async def _no_corrupt_alarm(self) -> str | None:
+        return "alarm activated: CORRUPT" if "CORRUPT" in active_alarms(self.server) else None
+
+    def _check_handler(self, kind: str, only: str | None) -> Handler:
+        async def handle(req: Request) -> Response:
+            if req.method != "GET":
+                return method_not_allowed()
+            checks = self._checks[kind]
+            if only is not None:
+                names = [only]
+            else:
+                excluded = {x for x in req.query.get("exclude", []) if x}
+                names = [n for n in checks if n not in excluded]
+            failed = False
+            out: list[str] = []
+            for name in names:
+                err = await checks[name]()
+                if err is None:
+                    out.append(f"[+]{name} ok\n")
+                else:
+                    failed = True
+                    out.append(f"[-]{name} failed: {err}\n")
+            reason = "".join(out)
+            if failed:
+                log.error("Health check error", extra={"fields": {"path": req.path, "reason": reason}})
+                return text_error(503, reason)
+            body = (reason if "verbose" in req.query else "") + "ok\n"
+            return Response(200, body.encode(), TEXT_PLAIN, [("X-Content-Type-Options", "nosniff")])
+
+        return handle
+
+
+def active_alarms(server: Any) -> list[str]:
+    """Names of this member's active alarms (NOSPACE, CORRUPT), from `EtcdServer.alarms()`."""
+    from etcdpy.pb import rpc_pb2
+
+    return [rpc_pb2.AlarmType.Name(a.alarm) for a in server.alarms() if a.alarm != rpc_pb2.NONE]
