@@ -76,17 +76,21 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         typ = rpc_type(handler)
         key = (typ, service, method)
         started, handled = self.counters.started, self.counters.handled
-        started.setdefault(key, 0)
 
         def done(context: grpc.aio.ServicerContext, exc: BaseException | None) -> None:
             hkey = (typ, service, method, _code_after(context, exc))
             handled[hkey] = handled.get(hkey, 0) + 1
 
         behavior = (handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream)
+        # grpc.aio runs a handler according to its kind, so the wrapper must be of the same kind;
+        # anything else (a sync handler run on a thread) is left alone, uncounted.
         if inspect.isasyncgenfunction(behavior):
             new = _wrap_generator(behavior, key, started, done)
-        else:
+        elif inspect.iscoroutinefunction(behavior):
             new = _wrap_coroutine(behavior, key, started, done)
+        else:
+            return handler
+        started.setdefault(key, 0)
         return handler._replace(**{_behavior_field(handler): new})
 
 
