@@ -289,6 +289,8 @@ class ClientFront:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(srv.wait_closed(), 0.5)
         self._servers = []
+        for s in self.sockets:
+            s.close()  # idempotent; covers a front that never started
         if self._lifeline is not None:
             os.close(self._lifeline)
             self._lifeline = None

@@ -138,3 +138,4 @@ class Listeners:
         if self.grpc is not None:
             await self.grpc.stop(grace)
         self._servers = []
+        self._release_sockets()  # those never handed to a server (stopped before start)
