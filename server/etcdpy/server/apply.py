@@ -56,6 +56,7 @@ from etcdpy.pb import kv_pb2, raft_internal_pb2, rpc_pb2
 if TYPE_CHECKING:  # the store is only needed for type checking; keeps this module importable alone
     from etcdpy.mvcc import Batch, KVStore, RangeResult, TxnWrite
     from etcdpy.server.alarm import AlarmApplier
+    from etcdpy.server.apply_auth import AuthApplier
 
 _RR = rpc_pb2.RangeRequest
 _CMP = rpc_pb2.Compare
@@ -156,6 +157,8 @@ class Applier:
         self.lessor = lessor
         # etcd's alarm appliers (NOSPACE/CORRUPT gates, quota), asked before anything else.
         self.alarm: AlarmApplier | None = None
+        # etcd's authApplierV3 in front of this applier: auth requests and permission checks.
+        self.auth: AuthApplier | None = None
 
     @property
     def lessor(self) -> LeaseLookup | None:
@@ -192,6 +195,10 @@ class Applier:
         """
         if self.alarm is not None:
             handled = self.alarm.apply(req, index, term)
+            if handled is not None:
+                return handled
+        if self.auth is not None:
+            handled = self.auth.apply(req, index, term)
             if handled is not None:
                 return handled
         if req.HasField("compaction"):
