@@ -115,6 +115,21 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"invalid boolean value {value!r}")
 
 
+def _auth_token(value: str) -> str:
+    """etcd's --auth-token is "<type>[,<option>=<value>...]"; etcdpy issues simple tokens only."""
+    kind = value.split(",", 1)[0]
+    if kind != "simple":
+        raise argparse.ArgumentTypeError(f"auth token type {kind!r} is not supported (want 'simple')")
+    return value
+
+
+def _bcrypt_cost(value: str) -> int:
+    n = _positive_int(value)
+    if not 4 <= n <= 31:
+        raise argparse.ArgumentTypeError(f"must be between 4 and 31: {value}")
+    return n
+
+
 def _cluster_state(value: str) -> str:
     if value not in ("new", "existing"):
         raise argparse.ArgumentTypeError(f"invalid value {value!r} (want 'new' or 'existing')")
@@ -136,6 +151,9 @@ FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("quota-backend-bytes", _non_negative_int, 0, "raise an alarm when the backend exceeds this size (0 = 2 GiB)"),
     ("max-request-bytes", _positive_int, DEFAULT_MAX_REQUEST_BYTES, "maximum client request size in bytes"),
     ("max-txn-ops", _positive_int, 128, "maximum number of operations permitted in a transaction"),
+    ("auth-token", _auth_token, "simple", "kind of auth token: 'simple' (random, held in memory by every member)"),
+    ("auth-token-ttl", _positive_int, 300, "seconds an unused simple token stays valid"),
+    ("bcrypt-cost", _bcrypt_cost, 10, "bcrypt cost (4-31) of stored password hashes"),
     ("heartbeat-interval", _positive_int, 100, "time (in milliseconds) of a heartbeat interval"),
     ("election-timeout", _positive_int, 1000, "time (in milliseconds) for an election to timeout"),
     ("log-level", _log_level, "info", "debug, info, warn, error, panic or fatal"),
@@ -234,6 +252,9 @@ def config_from_args(argv: list[str], environ: dict[str, str] | None = None) -> 
         quota_backend_bytes=v["quota_backend_bytes"],
         max_request_bytes=v["max_request_bytes"],
         max_txn_ops=v["max_txn_ops"],
+        auth_token=v["auth_token"],
+        auth_token_ttl=v["auth_token_ttl"],
+        bcrypt_cost=v["bcrypt_cost"],
         heartbeat_ms=v["heartbeat_interval"],
         election_ms=v["election_timeout"],
         log_level=v["log_level"],

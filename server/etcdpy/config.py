@@ -33,6 +33,9 @@ class ServerConfig:
     quota_backend_bytes: int = 0
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_txn_ops: int = MAX_TXN_OPS
+    auth_token: str = "simple"  # etcd's --auth-token; only simple tokens exist so far
+    auth_token_ttl: int = 300  # seconds a simple token lives unused (--auth-token-ttl)
+    bcrypt_cost: int = 10  # --bcrypt-cost for password hashes
     heartbeat_ms: int = 100
     election_ms: int = 1000
     log_level: str = "info"

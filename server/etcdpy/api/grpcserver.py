@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from etcdpy.api.auth import AdminInterceptor, AuthService
 from etcdpy.api.cluster import ClusterService
 from etcdpy.api.kv import KVService
 from etcdpy.api.lease import LeaseService
@@ -42,11 +43,13 @@ def build_grpc_server(
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 5000),
     ]
-    g = grpc.aio.server(options=options, interceptors=list(interceptors))
+    # AdminInterceptor: root-only Maintenance/Cluster RPCs while auth is enabled.
+    g = grpc.aio.server(options=options, interceptors=[*interceptors, AdminInterceptor(server)])
     rpc_pb2_grpc.add_KVServicer_to_server(KVService(server), g)
     rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(server), g)
     rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(server), g)
     rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(server), g)
+    rpc_pb2_grpc.add_AuthServicer_to_server(AuthService(server), g)
     # Watch writes pre-encoded responses, so it registers its own (pass-through) handler.
     WatchService(server, cfg.max_request_bytes + GRPC_OVERHEAD_BYTES).add_to_server(g)
     if bind_client_urls:

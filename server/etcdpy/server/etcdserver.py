@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from etcdpy import errors
+from etcdpy.auth import AuthInfo, AuthStore, SimpleTokenProvider
 from etcdpy.config import MAX_GAP_BETWEEN_APPLY_AND_COMMIT, ServerConfig
 from etcdpy.lease import ExpiredLeaseRevoker, Lessor, min_lease_ttl, renew_on_primary
 from etcdpy.metrics import ServerMetrics
@@ -39,6 +40,7 @@ from etcdpy.raft.types import (
     StateType,
 )
 from etcdpy.server.apply import Applier, ApplyResult, is_txn_read_only
+from etcdpy.server.apply_auth import AuthApplier
 from etcdpy.server.idutil import IdGenerator
 from etcdpy.server.maintenance import MaintenanceOps
 from etcdpy.server.membership import (
@@ -86,6 +88,7 @@ class EtcdServer:
         self.kv: KVStore | None = None
         self.watchable: WatchableStore | None = None  # watch: watchers over self.kv
         self.applier: Applier | None = None
+        self.auth_store: AuthStore | None = None
         self.lessor: Lessor | None = None
         self.maintenance: MaintenanceOps | None = None  # alarms, quota, auto-compaction, snapshots
         self.raft: RaftNode | None = None
@@ -123,6 +126,7 @@ class EtcdServer:
         self.applier = Applier(self.kv, self.lessor)
         self.maintenance = MaintenanceOps(self)
         self.maintenance.attach()  # alarm gate + quota in the applier before any entry is applied
+        self.auth_store = self._open_auth_store(self.kv)
         if WAL.exists(cfg.wal_dir):
             node, storage, wal, snapshotter = self._restart()
         else:
@@ -270,8 +274,14 @@ class EtcdServer:
 
     # ------------------------------------------------------------------ the write path
 
-    async def process_internal_raft_request(self, req: raft_internal_pb2.InternalRaftRequest) -> object:
-        """processInternalRaftRequestOnce: propose `req` and wait for its applied result."""
+    async def process_internal_raft_request(
+        self, req: raft_internal_pb2.InternalRaftRequest, auth: AuthInfo | None = None
+    ) -> object:
+        """processInternalRaftRequestOnce: propose `req` and wait for its applied result.
+
+        `auth` (from `etcdpy.api.auth.auth_info`) goes into the header: every member
+        checks the proposer's permissions against it when applying.
+        """
         if self._stopped:
             raise errors.ErrStopped()
         if self.maintenance is not None:
@@ -282,6 +292,9 @@ class EtcdServer:
         assert self._idgen is not None and self.raft is not None
         req_id = self._idgen.next()
         req.header.ID = req_id
+        if auth is not None:
+            req.header.username = auth.username
+            req.header.auth_revision = auth.revision
         data = req.SerializeToString()
         if len(data) > self.cfg.max_request_bytes:
             raise errors.ErrRequestTooLarge()
@@ -309,6 +322,19 @@ class EtcdServer:
             raise result.err
         return result.resp
 
+    def _open_auth_store(self, kv: KVStore) -> AuthStore:
+        """The auth store on the KV backend; its changes are applied by the applier's auth hook."""
+        store = AuthStore(
+            kv.backend,
+            SimpleTokenProvider(ttl=self.cfg.auth_token_ttl),
+            bcrypt_cost=self.cfg.bcrypt_cost,
+            logger=self.log,
+        )
+        assert self.applier is not None
+        applier = self.applier
+        applier.auth = AuthApplier(kv, store, lambda: applier.lessor)
+        return store
+
     def _timeout_error(self, start: float) -> errors.EtcdError:
         """parseProposeCtxErr: blame a recent leader change when there was one."""
         if self.last_leader_change > start - 2 * self.cfg.election_ms / 1000.0 and self.leader_changes > 1:
@@ -317,38 +343,44 @@ class EtcdServer:
 
     # ------------------------------------------------------------------ KV operations
 
-    async def range(self, req: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
+    async def range(self, req: rpc_pb2.RangeRequest, auth: AuthInfo | None = None) -> rpc_pb2.RangeResponse:
         if not req.serializable:
             await self.linearizable_read_notify()
-        assert self.applier is not None
+        assert self.applier is not None and self.auth_store is not None
+        # etcd's doSerialize: check and read with no await in between, so no auth change slips in.
+        self.auth_store.is_range_permitted(auth, req.key, req.range_end)
         resp = self.applier.range(req)
         self.fill_header(resp.header)
         return resp
 
-    async def put(self, req: rpc_pb2.PutRequest) -> rpc_pb2.PutResponse:
-        resp = await self.process_internal_raft_request(raft_internal_pb2.InternalRaftRequest(put=req))
+    async def put(self, req: rpc_pb2.PutRequest, auth: AuthInfo | None = None) -> rpc_pb2.PutResponse:
+        resp = await self.process_internal_raft_request(raft_internal_pb2.InternalRaftRequest(put=req), auth)
         self.fill_header(resp.header)
         return resp
 
-    async def delete_range(self, req: rpc_pb2.DeleteRangeRequest) -> rpc_pb2.DeleteRangeResponse:
-        resp = await self.process_internal_raft_request(raft_internal_pb2.InternalRaftRequest(delete_range=req))
+    async def delete_range(
+        self, req: rpc_pb2.DeleteRangeRequest, auth: AuthInfo | None = None
+    ) -> rpc_pb2.DeleteRangeResponse:
+        irr = raft_internal_pb2.InternalRaftRequest(delete_range=req)
+        resp = await self.process_internal_raft_request(irr, auth)
         self.fill_header(resp.header)
         return resp
 
-    async def txn(self, req: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
+    async def txn(self, req: rpc_pb2.TxnRequest, auth: AuthInfo | None = None) -> rpc_pb2.TxnResponse:
         if is_txn_read_only(req):
             # etcd answers read-only transactions without the log, like a Range.
             if not is_txn_serializable(req):
                 await self.linearizable_read_notify()
-            assert self.applier is not None
+            assert self.applier is not None and self.auth_store is not None
+            self.auth_store.check_txn_permitted(auth, req)
             resp = self.applier.txn_read_only(req)
         else:
-            resp = await self.process_internal_raft_request(raft_internal_pb2.InternalRaftRequest(txn=req))
+            resp = await self.process_internal_raft_request(raft_internal_pb2.InternalRaftRequest(txn=req), auth)
         self.fill_header(resp.header)
         return resp
 
-    async def compact(self, req: rpc_pb2.CompactionRequest) -> rpc_pb2.CompactionResponse:
-        resp = await self.process_internal_raft_request(raft_internal_pb2.InternalRaftRequest(compaction=req))
+    async def compact(self, req: rpc_pb2.CompactionRequest, auth: AuthInfo | None = None) -> rpc_pb2.CompactionResponse:
+        resp = await self.process_internal_raft_request(raft_internal_pb2.InternalRaftRequest(compaction=req), auth)
         self.fill_header(resp.header)
         return resp
 
