@@ -179,7 +179,8 @@ def test_management_errors(fresh_member: Member) -> None:
     assert ctl_error(m, "role", "revoke-permission", "r1", "zzz") == not_granted
     assert ctl_error(m, "role", "revoke-permission", "r1", "p/") == not_granted  # granted as a prefix
     assert ctl(m, "role", "revoke-permission", "r1", "p/", "--prefix=true").strip().startswith("Permission")
-    assert ctl_error(m, "user", "passwd", "nosuch", "--interactive=false", stdin="pw\n") == "etcdserver: user name not found"
+    passwd = ("user", "passwd", "nosuch", "--interactive=false")
+    assert ctl_error(m, *passwd, stdin="pw\n") == "etcdserver: user name not found"
     c = m.grpc()
     with assert_grpc_error(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: user name is empty"):
         c.auth.UserAdd(c.pb.AuthUserAddRequest(name="", password="x"), timeout=10)
@@ -304,3 +305,19 @@ def test_auth_survives_restart(fresh_member: Member) -> None:
     assert ctl_error(m, "put", "z", "v", user=ALICE) == "etcdserver: permission denied"
     assert ctl(m, "user", "get", "alice", user=ROOT).split() == ["User:", "alice", "Roles:", "r1"]
     m.kill(signal.SIGKILL)
+
+
+def test_leases_under_auth(fresh_member: Member) -> None:
+    m = fresh_member
+    setup_users(m)
+    root_lease = ctl(m, "lease", "grant", "100", user=ROOT, json=True)["ID"]
+    ctl(m, "put", "z", "v", f"--lease={root_lease:x}", user=ROOT)
+    # attaching to a lease lets one revoke it, which deletes its keys: needs write on them all
+    denied = ctl_error(m, "put", "k", "v", f"--lease={root_lease:x}", user=ALICE)
+    assert denied == "etcdserver: permission denied"
+    # an expired lease is revoked by the server itself, as root, whoever attached keys to it
+    lease = ctl(m, "lease", "grant", "2", user=ALICE, json=True)["ID"]
+    ctl(m, "put", "k", "v", f"--lease={lease:x}", user=ALICE)
+    assert ctl(m, "get", "k", user=ALICE).split() == ["k", "v"]
+    wait_until(lambda: ctl(m, "get", "k", user=ALICE) == "", 20, "the expired lease's key to be deleted")
+    assert ctl(m, "get", "z", user=ROOT).split() == ["z", "v"]

@@ -680,3 +680,23 @@ def test_authenticate_entry_hands_out_index_token(applied: tuple[Applier, AuthSt
     res = log.apply(authenticate=req)
     assert res.err is None and res.resp.token == f"{'Q' * 16}.{log.index}"
     assert auth.auth_info_from_token(res.resp.token) == AuthInfo("alice", auth.revision)
+
+
+def test_root_info_is_for_server_proposals(store: AuthStore) -> None:
+    assert store.root_info() is None  # auth off: no identity needed
+    enable_with_root(store)
+    root = store.root_info()
+    assert root == AuthInfo("root", store.revision)
+    store.is_admin_permitted(root)
+
+
+def test_recover_rereads_state_from_a_replaced_backend(store: AuthStore, tmp_path: Path) -> None:
+    other = Backend(str(tmp_path / "other"))
+    try:
+        donor = AuthStore(other, bcrypt_cost=4)
+        enable_with_root(donor)
+        store.recover(other)
+        assert store.enabled and store.revision == donor.revision
+        assert store.get_user("root") is not None
+    finally:
+        other.close()

@@ -131,11 +131,14 @@ class AuthStore:
 
     # ------------------------------------------------------------------ state
 
-    def recover(self) -> None:
+    def recover(self, backend: Backend | None = None) -> None:
         """(Re)load the enable flag and revision from the backend (start-up, snapshot install).
 
+        Pass `backend` when the snapshot install replaced the Backend object itself.
         A brand-new store starts at revision 1, as etcd's NewAuthStore commits it.
         """
+        if backend is not None:
+            self._be = backend
         raw_enabled = self._be.get(BUCKET_AUTH, KEY_AUTH_ENABLED)
         raw_rev = self._be.get(BUCKET_AUTH, KEY_AUTH_REVISION)
         self._enabled = raw_enabled == b"\x01"
@@ -284,6 +287,10 @@ class AuthStore:
 
     def gen_token_prefix(self) -> str:
         return gen_token_prefix()
+
+    def root_info(self) -> AuthInfo | None:
+        """Credentials for the server's own proposals (etcd's WithRoot), e.g. revoking expired leases."""
+        return AuthInfo(ROOT_USER, self._revision) if self._enabled else None
 
     def auth_info_from_token(self, token: str) -> AuthInfo | None:
         """AuthInfoFromCtx for a token: None while auth is disabled (etcd 3.5), else the user or an error."""

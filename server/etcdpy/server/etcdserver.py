@@ -401,14 +401,19 @@ class EtcdServer:
         self.fill_header(resp.header)
         return resp
 
-    async def lease_revoke(self, req: rpc_pb2.LeaseRevokeRequest) -> rpc_pb2.LeaseRevokeResponse:
-        resp = await self.process_internal_raft_request(raft_internal_pb2.InternalRaftRequest(lease_revoke=req))
+    async def lease_revoke(
+        self, req: rpc_pb2.LeaseRevokeRequest, auth: AuthInfo | None = None
+    ) -> rpc_pb2.LeaseRevokeResponse:
+        """Revoking deletes the lease's keys, so the applier checks write permission on all of them."""
+        irr = raft_internal_pb2.InternalRaftRequest(lease_revoke=req)
+        resp = await self.process_internal_raft_request(irr, auth)
         self.fill_header(resp.header)
         return resp
 
     async def _propose_lease_revoke(self, lease_id: int) -> object:
-        """What the expired-lease task proposes: a revoke through the log, like a client's."""
-        return await self.lease_revoke(rpc_pb2.LeaseRevokeRequest(ID=lease_id))
+        """What the expired-lease task proposes: a revoke through the log, as root (etcd's WithRoot)."""
+        root = self.auth_store.root_info() if self.auth_store is not None else None
+        return await self.lease_revoke(rpc_pb2.LeaseRevokeRequest(ID=lease_id), root)
 
     async def lease_renew_on_leader(self, lease_id: int) -> int:
         """A keep-alive: renewals bypass the log and belong to the leader's lessor (etcd's LeaseRenew).
