@@ -700,3 +700,44 @@ def test_recover_rereads_state_from_a_replaced_backend(store: AuthStore, tmp_pat
         assert store.get_user("root") is not None
     finally:
         other.close()
+
+
+def test_api_helpers_for_watch_and_lease(store: AuthStore) -> None:
+    from types import SimpleNamespace
+
+    from etcdpy.api.auth import (
+        check_lease_keys_readable,
+        check_watch_permitted,
+        is_lease_revoke_permitted,
+        require_auth_info,
+        token_from_metadata,
+        watch_cancel_reason,
+    )
+
+    add_user(store, "alice")
+    add_role(store, "r", (READ, b"k", b"l"))
+    grant(store, "alice", "r")
+    server = SimpleNamespace(auth_store=store)
+    alice = AuthInfo("alice", store.revision)
+    check_watch_permitted(server, None, b"z", b"")  # auth off
+    require_auth_info(server, None)
+    enable_with_root(store)
+    alice = AuthInfo("alice", store.revision)
+    check_watch_permitted(server, alice, b"k", b"l")
+    with pytest.raises(errors.ErrPermissionDenied) as denied:
+        check_watch_permitted(server, alice, b"k", b"\x00")
+    assert watch_cancel_reason(denied.value) == "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
+    assert watch_cancel_reason(errors.ErrUserEmpty()) == (
+        "rpc error: code = InvalidArgument desc = etcdserver: user name is empty"
+    )
+    check_lease_keys_readable(server, alice, [b"k1", b"k2"])
+    with pytest.raises(errors.ErrPermissionDenied):
+        check_lease_keys_readable(server, alice, [b"k1", b"z"])
+    with pytest.raises(errors.ErrPermissionDenied):
+        is_lease_revoke_permitted(server, alice, [b"k1"])  # read-only on k
+    is_lease_revoke_permitted(server, store.root_info(), [b"anything"])
+    with pytest.raises(errors.ErrUserEmpty):
+        require_auth_info(server, None)
+    assert token_from_metadata([("x", "1"), ("authorization", "b"), ("token", "a")]) == "a"
+    assert token_from_metadata([("authorization", b"b")]) == "b"
+    assert token_from_metadata(None) is None

@@ -16,6 +16,12 @@ worker thread because bcrypt takes tens of milliseconds of CPU.
 
 `AdminInterceptor` guards the Maintenance and Cluster RPCs that etcd reserves
 for the root role, without touching those services.
+
+Hooks for the other services: Watch calls `auth_info` on its stream context and
+`check_watch_permitted` per create request, answering a refusal with a canceled
+response whose reason is `watch_cancel_reason(err)`. Lease passes `auth_info` to
+`EtcdServer.lease_revoke` (the applier then checks write on the lease's keys),
+and `check_lease_keys_readable` guards LeaseTimeToLive(keys=true).
 """
 
 from __future__ import annotations
@@ -126,6 +132,20 @@ def is_lease_revoke_permitted(server: EtcdServer, ai: AuthInfo | None, lease_key
 
     if server.auth_store is not None and server.auth_store.enabled:
         check_lease_puts(server.auth_store, ai, sorted(lease_keys))
+
+
+def check_lease_keys_readable(server: EtcdServer, ai: AuthInfo | None, lease_keys: Sequence[bytes]) -> None:
+    """LeaseTimeToLive with keys=true: a non-root caller must be able to read every key it would list."""
+    store = server.auth_store
+    if store is None or not store.enabled:
+        return
+    try:
+        store.is_admin_permitted(ai)
+        return
+    except errors.EtcdError:
+        pass
+    for key in sorted(lease_keys):
+        store.is_range_permitted(ai, key, b"")
 
 
 def require_auth_info(server: EtcdServer, ai: AuthInfo | None) -> None:
