@@ -85,6 +85,31 @@ def _log_level(value: str) -> str:
     return value
 
 
+def _auth_token(value: str) -> str:
+    """etcd's --auth-token is "<type>[,<option>=<value>...]"; etcdpy issues simple tokens only."""
+    kind = value.split(",", 1)[0]
+    if kind != "simple":
+        raise argparse.ArgumentTypeError(f"auth token type {kind!r} is not supported (want 'simple')")
+    return value
+
+
+def _bcrypt_cost(value: str) -> int:
+    n = _positive_int(value)
+    if not 4 <= n <= 31:
+        raise argparse.ArgumentTypeError(f"must be between 4 and 31: {value}")
+    return n
+
+
+def _bool(value: str) -> bool:
+    """Go's strconv.ParseBool, as etcd parses boolean flags and their ETCD_* twins."""
+    v = value.strip().lower()
+    if v in ("1", "t", "true"):
+        return True
+    if v in ("0", "f", "false"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean value {value!r}")
+
+
 def _compaction_mode(value: str) -> str:
     from etcdpy.server.compactor import MODES
 
@@ -103,31 +128,6 @@ def _compaction_retention(value: str) -> str:
     except RetentionError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return value
-
-
-def _bool(value: str) -> bool:
-    """Go's strconv.ParseBool, as etcd parses boolean flags and their ETCD_* twins."""
-    v = value.strip().lower()
-    if v in ("1", "t", "true"):
-        return True
-    if v in ("0", "f", "false"):
-        return False
-    raise argparse.ArgumentTypeError(f"invalid boolean value {value!r}")
-
-
-def _auth_token(value: str) -> str:
-    """etcd's --auth-token is "<type>[,<option>=<value>...]"; etcdpy issues simple tokens only."""
-    kind = value.split(",", 1)[0]
-    if kind != "simple":
-        raise argparse.ArgumentTypeError(f"auth token type {kind!r} is not supported (want 'simple')")
-    return value
-
-
-def _bcrypt_cost(value: str) -> int:
-    n = _positive_int(value)
-    if not 4 <= n <= 31:
-        raise argparse.ArgumentTypeError(f"must be between 4 and 31: {value}")
-    return n
 
 
 def _cluster_state(value: str) -> str:
@@ -157,6 +157,13 @@ FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("heartbeat-interval", _positive_int, 100, "time (in milliseconds) of a heartbeat interval"),
     ("election-timeout", _positive_int, 1000, "time (in milliseconds) for an election to timeout"),
     ("log-level", _log_level, "info", "debug, info, warn, error, panic or fatal"),
+    ("auto-compaction-mode", _compaction_mode, "periodic", "how to read --auto-compaction-retention: periodic or revision"),
+    (
+        "auto-compaction-retention",
+        _compaction_retention,
+        "0",
+        "history to keep: a duration or hours (periodic), or revisions (revision); 0 disables auto-compaction",
+    ),
     ("listen-metrics-urls", _urls, [], "URLs to serve /metrics and the health endpoints on"),
     ("cert-file", str, "", "path to the client server TLS cert file"),
     ("key-file", str, "", "path to the client server TLS key file"),
@@ -166,13 +173,6 @@ FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("peer-key-file", str, "", "path to the peer server TLS key file"),
     ("peer-trusted-ca-file", str, "", "path to the peer server TLS trusted CA file"),
     ("peer-client-cert-auth", _bool, False, "enable peer client cert authentication"),
-    ("auto-compaction-mode", _compaction_mode, "periodic", "how to read --auto-compaction-retention: periodic or revision"),
-    (
-        "auto-compaction-retention",
-        _compaction_retention,
-        "0",
-        "history to keep: a duration or hours (periodic), or revisions (revision); 0 disables auto-compaction",
-    ),
     (
         "experimental-watch-progress-notify-interval",
         _duration,
@@ -258,6 +258,8 @@ def config_from_args(argv: list[str], environ: dict[str, str] | None = None) -> 
         heartbeat_ms=v["heartbeat_interval"],
         election_ms=v["election_timeout"],
         log_level=v["log_level"],
+        auto_compaction_mode=v["auto_compaction_mode"],
+        auto_compaction_retention=v["auto_compaction_retention"],
         listen_metrics_urls=v["listen_metrics_urls"],
         cert_file=v["cert_file"],
         key_file=v["key_file"],
@@ -267,8 +269,6 @@ def config_from_args(argv: list[str], environ: dict[str, str] | None = None) -> 
         peer_key_file=v["peer_key_file"],
         peer_trusted_ca_file=v["peer_trusted_ca_file"],
         peer_client_cert_auth=v["peer_client_cert_auth"],
-        auto_compaction_mode=v["auto_compaction_mode"],
-        auto_compaction_retention=v["auto_compaction_retention"],
         # etcd keeps its default for a zero or negative interval.
         watch_progress_notify_interval=v["experimental_watch_progress_notify_interval"]
         if v["experimental_watch_progress_notify_interval"] > 0
@@ -309,7 +309,7 @@ async def serve(cfg: ServerConfig, log: logging.Logger) -> int:
     for t in (stop_task, done_task):
         t.cancel()
     log.info("stopped serving", extra={"fields": {"name": cfg.name}})
-    return 0
+    return server.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,6 +39,8 @@ class ServerConfig:
     heartbeat_ms: int = 100
     election_ms: int = 1000
     log_level: str = "info"
+    auto_compaction_mode: str = "periodic"  # --auto-compaction-mode: periodic | revision
+    auto_compaction_retention: str = "0"  # --auto-compaction-retention: "0" = off (see server.compactor)
     listen_metrics_urls: list[str] = field(default_factory=list)  # --listen-metrics-urls
     # Client TLS (--cert-file, --key-file, --trusted-ca-file, --client-cert-auth) and its --peer-* twin.
     cert_file: str = ""
@@ -49,8 +51,6 @@ class ServerConfig:
     peer_key_file: str = ""
     peer_trusted_ca_file: str = ""
     peer_client_cert_auth: bool = False
-    auto_compaction_mode: str = "periodic"  # --auto-compaction-mode: periodic | revision
-    auto_compaction_retention: str = "0"  # --auto-compaction-retention: "0" = off (see server.compactor)
     watch_progress_notify_interval: float = DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL  # seconds
 
     def __post_init__(self) -> None:

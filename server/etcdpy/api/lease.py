@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from etcdpy import errors
-from etcdpy.api.status import rpc, status_code
+from etcdpy.api.status import refuse_stream_on_learner, rpc, status_code
 from etcdpy.pb import rpc_pb2, rpc_pb2_grpc
 from etcdpy.server.etcdserver import EtcdServer
 
@@ -45,6 +45,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     async def LeaseKeepAlive(
         self, request_iterator: AsyncIterator[rpc_pb2.LeaseKeepAliveRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[rpc_pb2.LeaseKeepAliveResponse]:
+        await refuse_stream_on_learner(self.server, context)
         async for req in request_iterator:
             resp = rpc_pb2.LeaseKeepAliveResponse(ID=req.ID)
             self.server.fill_header(resp.header)

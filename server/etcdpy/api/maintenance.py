@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from etcdpy.api.status import rpc, status_code
+from etcdpy.api.status import refuse_stream_on_learner, rpc, status_code
 from etcdpy.errors import EtcdError
 from etcdpy.pb import rpc_pb2, rpc_pb2_grpc
 from etcdpy.server.etcdserver import EtcdServer
@@ -84,6 +84,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     async def Snapshot(
         self, request: rpc_pb2.SnapshotRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[rpc_pb2.SnapshotResponse]:
+        await refuse_stream_on_learner(self.server, context)
         try:
             sender = await self.ops.snapshot()
         except EtcdError as e:

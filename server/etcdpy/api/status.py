@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from etcdpy.errors import EtcdError
+from etcdpy.errors import EtcdError, ErrNoLeader, ErrNotSupportedForLearner
+from etcdpy.pb import rpc_pb2
 
 log = logging.getLogger("etcdpy.api")
 
@@ -27,12 +28,38 @@ def status_code(err: EtcdError) -> grpc.StatusCode:
     return grpc.StatusCode[err.code]
 
 
+def supported_for_learner(request: object) -> bool:
+    """A learner serves only Status and serializable reads; its log may lag (etcd 3.4+)."""
+    if isinstance(request, rpc_pb2.StatusRequest):
+        return True
+    return isinstance(request, rpc_pb2.RangeRequest) and request.serializable
+
+
+async def refuse_stream_on_learner(server: Any, context: grpc.aio.ServicerContext) -> None:
+    """etcd refuses every stream (Watch, LeaseKeepAlive, Snapshot) on a learner."""
+    if server.is_learner():
+        err = ErrNotSupportedForLearner()
+        await context.abort(status_code(err), err.message)
+
+
+def requires_leader(context: grpc.aio.ServicerContext) -> bool:
+    """etcd's `hasleader=true` metadata: the client wants an error rather than a leaderless member."""
+    md = context.invocation_metadata()
+    if not md:
+        return False
+    return any(k == "hasleader" and v == "true" for k, v in md)
+
+
 def rpc(fn: Handler[T]) -> Handler[T]:
     """Map EtcdError to its gRPC status for a unary handler."""
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
+            if self.server.is_learner() and not supported_for_learner(request):
+                raise ErrNotSupportedForLearner()
+            if requires_leader(context) and not self.server.has_leader():
+                raise ErrNoLeader()
             return await fn(self, request, context)
         except EtcdError as e:
             await context.abort(status_code(e), e.message)

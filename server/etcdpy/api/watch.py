@@ -36,7 +36,7 @@ from typing import Any
 import grpc
 
 from etcdpy import errors
-from etcdpy.api.status import status_code
+from etcdpy.api.status import refuse_stream_on_learner, status_code
 from etcdpy.pb import kv_pb2, rpc_pb2
 from etcdpy.raft.types import NONE
 from etcdpy.server.etcdserver import EtcdServer
@@ -323,6 +323,7 @@ class WatchService:
 
     async def Watch(self, requests: AsyncIterator[rpc_pb2.WatchRequest], context: grpc.aio.ServicerContext) -> None:
         server = self.server
+        await refuse_stream_on_learner(server, context)
         require_leader = _requires_leader(context)
         if require_leader and server.lead == NONE:
             await _abort(context, errors.ErrNoLeader())

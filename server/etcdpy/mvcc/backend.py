@@ -163,13 +163,25 @@ class Backend:
     def __init__(self, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._path = path
-        self._db: Rdict | None = Rdict(path, _db_options())
+        self._db: Rdict | None = None
+        self._checkpoint_seq = 0
+        self.reopen()
+        _remove_stale_checkpoints(path)
+
+    def reopen(self) -> None:
+        """(Re)open the RocksDB directory in place, e.g. after a snapshot replaced its files.
+
+        The Backend object stays the same, so every holder of it (lessor, auth, alarms) sees the
+        new contents without being told.
+        """
+        if self._db is not None:
+            return
+        db = Rdict(self._path, _db_options())
         wo = WriteOptions()
         wo.sync = False  # never fsync here: see the module docstring
         wo.disable_wal = False
-        self._db.set_write_options(wo)
-        self._checkpoint_seq = 0
-        _remove_stale_checkpoints(path)
+        db.set_write_options(wo)
+        self._db = db
 
     @property
     def path(self) -> str:

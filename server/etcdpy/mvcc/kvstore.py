@@ -379,7 +379,7 @@ class KVStore:
         try:
             Backend.restore_from(src, self._path)
         finally:
-            self._backend = Backend(self._path)
+            self._backend.reopen()
             self._reset_memory()
             self._restore()
 

@@ -14,7 +14,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from etcdpy import errors
 from etcdpy.auth import AuthInfo, AuthStore, SimpleTokenProvider
@@ -34,8 +36,10 @@ from etcdpy.raft.types import (
     ConfState,
     Entry,
     EntryType,
+    Message,
     ReadState,
     Snapshot,
+    SnapshotMetadata,
     SoftState,
     StateType,
 )
@@ -50,13 +54,23 @@ from etcdpy.server.membership import (
     members_from_initial_cluster,
 )
 from etcdpy.raft.types import unmarshal_conf_change
-from etcdpy.server.raftnode import NullTransport, RaftNode
+from etcdpy.rafthttp import (
+    ClusterMembers,
+    PeerUnreachable,
+    SnapshotSource,
+    Transport,
+    fetch_members,
+    snapshot_db_path,
+)
+from etcdpy.server.raftnode import RaftNode
 from etcdpy.server.wait import Wait, WaitTime
 from etcdpy.snap import Snapshotter
 from etcdpy.wal import WAL, WalSnapshot, valid_snapshot_entries
 from etcdpy.watch import WatchableStore
 
 READ_INDEX_RETRY_SECONDS = 0.5
+
+T = TypeVar("T")
 
 
 class StartupError(Exception):
@@ -102,6 +116,9 @@ class EtcdServer:
         self.leader_changes = 0
         self.last_leader_change = time.monotonic()
         self.done = asyncio.Event()
+        self.transport: Transport | None = None
+        self.exit_code = 0
+        self._received_snapshot_dbs: dict[int, str] = {}
         self.metrics = ServerMetrics()  # hot counters; the rest is read at scrape time
         self.ready = asyncio.Event()
         self._has_leader = asyncio.Event()
@@ -119,6 +136,7 @@ class EtcdServer:
         if not os.access(cfg.data_dir, os.W_OK):
             raise StartupError(f"cannot access data directory {cfg.data_dir!r}: permission denied")
         self.kv = KVStore(cfg.backend_path)
+        self._install_pending_snapshot_db()
         # watch: notified by the KV store of every committed write txn; its sync/victim loops start here.
         self.watchable = WatchableStore(self.kv, logger=self.log)
         self.watchable.start()
@@ -127,23 +145,41 @@ class EtcdServer:
         self.maintenance = MaintenanceOps(self)
         self.maintenance.attach()  # alarm gate + quota in the applier before any entry is applied
         self.auth_store = self._open_auth_store(self.kv)
+        peers: dict[int, list[str]]
         if WAL.exists(cfg.wal_dir):
             node, storage, wal, snapshotter = self._restart()
+            await self._check_cluster_id_with_peers()
+            peers = {m.id: m.peer_urls for m in self.cluster.members.values()}
+        elif cfg.initial_cluster_state == "existing":
+            node, storage, wal, snapshotter, peers = await self._join_existing()
         else:
+            await self._check_not_bootstrapped()
             node, storage, wal, snapshotter = self._bootstrap()
+            peers = {m.id: m.peer_urls for m in members_from_initial_cluster(cfg.initial_cluster, cfg.initial_cluster_token)}
         self._idgen = IdGenerator(self.member_id)
+        self.transport = self._make_transport()
         self.raft = RaftNode(
             node,
             storage,
             wal,
             snapshotter,
-            NullTransport(),
+            self.transport,
             tick_seconds=cfg.heartbeat_ms / 1000.0,
             logger=self.log,
         )
+        try:
+            await self.transport.start()
+        except Exception as e:  # noqa: BLE001 - one clear line, whatever the listener error
+            wal.close()
+            raise StartupError(f"cannot listen for peers on {','.join(cfg.listen_peer_urls)}: {e}") from e
+        for pid, urls in peers.items():
+            if pid != self.member_id:
+                self.transport.add_peer(pid, urls)
         self.raft.on_persist = self.metrics.wal_fsync.observe
+        raft_task = asyncio.create_task(self.raft.run(self), name="raft")
+        raft_task.add_done_callback(self._on_raft_loop_exit)
         self._tasks = [
-            asyncio.create_task(self.raft.run(self), name="raft"),
+            raft_task,
             asyncio.create_task(self.raft.run_ticker(), name="ticker"),
             asyncio.create_task(self._linearizable_read_loop(), name="read-index"),
         ]
@@ -153,6 +189,21 @@ class EtcdServer:
         revoker = ExpiredLeaseRevoker(self.lessor, self._propose_lease_revoke, self.log)
         self._tasks.append(asyncio.create_task(revoker.run(), name="lease-revoker"))
         self._tasks.extend(self.maintenance.tasks())  # the auto-compactor (leader-only), if configured
+
+    def _on_raft_loop_exit(self, task: asyncio.Task[None]) -> None:
+        """The raft loop only ends when the server stops; anything else is fatal (etcd panics).
+
+        Serving on without it would leave clients waiting for entries that are never applied.
+        """
+        if task.cancelled() or self._stopped:
+            return
+        exc = task.exception()
+        self.log.critical(
+            "raft loop failed; stopping the member",
+            exc_info=(type(exc), exc, exc.__traceback__) if exc else None,
+        )
+        self.exit_code = 1
+        self._tasks.append(asyncio.create_task(self.stop(), name="fatal-stop"))
 
     async def _campaign_if_sole_voter(self) -> None:
         """A one-voter cluster needs no election timeout to find out it wins.
@@ -186,6 +237,164 @@ class EtcdServer:
                 self.log.warning("failed to publish local member", extra={"fields": {"error": e.message}})
                 await asyncio.sleep(self.cfg.heartbeat_ms / 1000.0)
 
+    # ------------------------------------------------------------------ peers and joining
+
+    def _make_transport(self) -> Transport:
+        return Transport(
+            self.member_id,
+            self.cfg.listen_peer_urls,
+            cluster_id=self.cluster.cluster_id,
+            on_message=self._on_peer_message,
+            report_unreachable=self._report_unreachable,
+            report_snapshot=self._report_snapshot,
+            on_snapshot=self._on_snapshot_received,
+            snapshot_source=self._snapshot_source,
+            snapshot_dir=self.cfg.snap_dir,
+            on_removed=self._on_removed_by_peer,
+            is_removed=lambda mid: mid in self.cluster.removed,
+            members_provider=lambda: (self.cluster.cluster_id, list(self.cluster.members.values())),
+            on_lease_renew=self._lease_renew_local,
+            on_lease_time_to_live=self._lease_ttl_for_peer,
+            on_member_promote=self._promote_for_peer,
+            logger=self.log,
+        )
+
+    def _other_peer_urls(self) -> list[str]:
+        mine = set(self.cfg.initial_advertise_peer_urls)
+        return [u for name, urls in self.cfg.initial_cluster.items() for u in urls if u not in mine]
+
+    async def _join_existing(
+        self,
+    ) -> tuple[RawNode, MemoryStorage, WAL, Snapshotter, dict[int, list[str]]]:
+        """--initial-cluster-state existing: learn the cluster from a running member, then wait for the log.
+
+        The membership itself is rebuilt by applying the log (or a snapshot) as on every member,
+        so only the transport learns the peers up front (etcd does the same).
+        """
+        cfg = self.cfg
+        try:
+            remote = await fetch_members(self._other_peer_urls(), timeout=5.0)
+        except PeerUnreachable as e:
+            raise StartupError(f"cannot join the existing cluster: {e}") from e
+        mine = sorted(cfg.initial_advertise_peer_urls)
+        me = next((m for m in remote.members if sorted(m.peer_urls) == mine), None)
+        if me is None:
+            raise StartupError(
+                f"member with peer URLs {','.join(mine)} has not been added to the cluster (run member add first)"
+            )
+        self.member_id = me.id
+        self.cluster = RaftCluster(remote.cluster_id)
+        wal = WAL.create(cfg.wal_dir, self._wal_metadata(remote.cluster_id))
+        storage = MemoryStorage()
+        node = RawNode(self._raft_config(storage, 0))
+        self.log.info(
+            "joining existing cluster",
+            extra={"fields": {"member-id": f"{me.id:x}", "cluster-id": f"{remote.cluster_id:x}"}},
+        )
+        return node, storage, wal, Snapshotter(cfg.snap_dir), {m.id: m.peer_urls for m in remote.members}
+
+    async def _check_not_bootstrapped(self) -> None:
+        """Refuse to bootstrap a member that a running cluster already knows as started.
+
+        A wiped member restarted with `new` would otherwise start a second history under the
+        same ids (etcd: "member ... has already been bootstrapped").
+        """
+        urls = self._other_peer_urls()
+        if not urls:
+            return
+        remote = await _probe_members(urls)
+        if remote is None:
+            return  # nobody up yet: a normal fresh start of every member
+        mine = sorted(self.cfg.initial_advertise_peer_urls)
+        members = members_from_initial_cluster(self.cfg.initial_cluster, self.cfg.initial_cluster_token)
+        expected = compute_cluster_id([m.id for m in members])
+        if remote.cluster_id != expected:
+            raise StartupError(
+                f"cluster ID mismatch: the peers belong to cluster {remote.cluster_id:x}, "
+                f"--initial-cluster describes cluster {expected:x}"
+            )
+        for m in remote.members:
+            if sorted(m.peer_urls) == mine and m.client_urls:
+                raise StartupError(f"member {m.id:x} has already been bootstrapped")
+
+    async def _check_cluster_id_with_peers(self) -> None:
+        """A data dir of another cluster must not join these peers (never fork a cluster)."""
+        urls = [u for m in self.cluster.members.values() if m.id != self.member_id for u in m.peer_urls]
+        urls = urls or self._other_peer_urls()
+        if not urls:
+            return
+        remote = await _probe_members(urls)
+        if remote is None:
+            return
+        if remote.cluster_id != self.cluster.cluster_id:
+            raise StartupError(
+                f"cluster ID mismatch: local member has cluster {self.cluster.cluster_id:x}, "
+                f"the peers have cluster {remote.cluster_id:x}"
+            )
+
+    def _on_peer_message(self, m: Message) -> None:
+        if self.raft is not None and not self._stopped:
+            self.raft.step(m)
+
+    def _report_unreachable(self, member_id: int) -> None:
+        if self.raft is not None:
+            self.raft.node.report_unreachable(member_id)
+
+    def _report_snapshot(self, member_id: int, failed: bool) -> None:
+        if self.raft is not None:
+            self.raft.node.report_snapshot(member_id, failed)
+            self.raft.wake()
+
+    def _on_removed_by_peer(self, by_peer: int) -> None:
+        self.log.warning(
+            "the member has been permanently removed from the cluster",
+            extra={"fields": {"local-member-id": f"{self.member_id:x}", "reported-by": f"{by_peer:x}"}},
+        )
+        if not self._stopped:
+            self._tasks.append(asyncio.create_task(self._stop_removed(), name="removed"))
+
+    def _snapshot_source(self, m: Message) -> SnapshotSource:
+        """etcd's merged snapshot: the MVCC store as applied right now, described at the applied index.
+
+        The store is newer than raft's own snapshot, so the message is relabelled with the
+        applied index/term and the current ConfState; the follower installs exactly that state.
+        """
+        assert self.kv is not None
+        p = self.progress
+        m.snapshot = Snapshot(
+            data=self.cluster.to_json(),
+            metadata=SnapshotMetadata(
+                conf_state=ConfState(list(p.conf_state.voters), list(p.conf_state.learners)),
+                index=p.applied_index,
+                term=p.applied_term,
+            ),
+        )
+        self.log.info(
+            "sending merged snapshot",
+            extra={"fields": {"to": f"{m.to:x}", "snapshot-index": p.applied_index}},
+        )
+        return self.kv.open_snapshot()
+
+    def _on_snapshot_received(self, m: Message, db_path: str) -> None:
+        """The MVCC file is on disk under the snapshot's index; raft decides whether to install it."""
+        assert m.snapshot is not None
+        self._received_snapshot_dbs[m.snapshot.metadata.index] = db_path
+        self._on_peer_message(m)
+
+    def _install_pending_snapshot_db(self) -> None:
+        """After a crash between saving a received snapshot and installing its store, finish the install."""
+        assert self.kv is not None
+        snap = Snapshotter(self.cfg.snap_dir).load()
+        if snap is None or snap.is_empty() or self.kv.consistent_index >= snap.metadata.index:
+            return
+        path = snapshot_db_path(self.cfg.snap_dir, snap.metadata.index)
+        if os.path.exists(path):
+            self.log.info("installing saved snapshot database", extra={"fields": {"index": snap.metadata.index}})
+            self.kv.restore_from(path)
+
+    async def _lease_ttl_for_peer(self, lease_id: int, keys: bool) -> rpc_pb2.LeaseTimeToLiveResponse:
+        return await self._lease_ttl_local(rpc_pb2.LeaseTimeToLiveRequest(ID=lease_id, keys=keys))
+
     def _raft_config(self, storage: MemoryStorage, applied: int) -> RaftConfig:
         return RaftConfig(
             id=self.member_id,
@@ -199,8 +408,6 @@ class EtcdServer:
 
     def _bootstrap(self) -> tuple[RawNode, MemoryStorage, WAL, Snapshotter]:
         cfg = self.cfg
-        if cfg.initial_cluster_state != "new":
-            raise StartupError("--initial-cluster-state=existing needs a running cluster to join (not supported yet)")
         members = members_from_initial_cluster(cfg.initial_cluster, cfg.initial_cluster_token)
         me = next((m for m in members if m.name == cfg.name), None)
         if me is None:
@@ -416,6 +623,52 @@ class EtcdServer:
         return await self.lease_revoke(rpc_pb2.LeaseRevokeRequest(ID=lease_id), root)
 
     async def lease_renew_on_leader(self, lease_id: int) -> int:
+        """A keep-alive from a client: renewed by the leader's lessor, forwarded there from followers."""
+        try:
+            if not self.is_leader():
+                return await self._forward_to_leader(
+                    lambda leader: self.transport.lease_renew(  # type: ignore[union-attr]
+                        leader, lease_id, timeout=self.cfg.request_timeout
+                    )
+                )
+        except _LocalNow:
+            pass
+        return await self._lease_renew_local(lease_id)
+
+    async def lease_ttl_on_leader(self, req: rpc_pb2.LeaseTimeToLiveRequest) -> rpc_pb2.LeaseTimeToLiveResponse:
+        """LeaseTimeToLive from a client: answered by the leader, the only member that knows deadlines."""
+        try:
+            if not self.is_leader():
+                resp = await self._forward_to_leader(
+                    lambda leader: self.transport.lease_time_to_live(  # type: ignore[union-attr]
+                        leader, req.ID, req.keys, timeout=self.cfg.request_timeout
+                    )
+                )
+                self.fill_header(resp.header)
+                return resp
+        except _LocalNow:
+            pass
+        return await self._lease_ttl_local(req)
+
+    async def _forward_to_leader(self, call: Callable[[int], Awaitable[T]]) -> T:
+        """Call the leader over the peer transport, following leader changes until the request timeout."""
+        deadline = time.monotonic() + self.cfg.request_timeout
+        while True:
+            if self._stopped:
+                raise errors.ErrStopped()
+            if self.is_leader():
+                raise _LocalNow()
+            leader = self.lead
+            if leader != NONE and self.transport is not None:
+                try:
+                    return await call(leader)
+                except PeerUnreachable:
+                    pass
+            if time.monotonic() >= deadline:
+                raise errors.ErrNoLeader() if self.lead == NONE else errors.ErrTimeout()
+            await asyncio.sleep(self.cfg.heartbeat_ms / 1000.0)
+
+    async def _lease_renew_local(self, lease_id: int) -> int:
         """A keep-alive: renewals bypass the log and belong to the leader's lessor (etcd's LeaseRenew).
 
         HOOK for the peer transport: etcd forwards a follower's renewal to the leader
@@ -425,7 +678,7 @@ class EtcdServer:
         assert self.lessor is not None
         return await renew_on_primary(self.lessor, lease_id, self._check_lease_leader, self.cfg.request_timeout)
 
-    async def lease_ttl_on_leader(self, req: rpc_pb2.LeaseTimeToLiveRequest) -> rpc_pb2.LeaseTimeToLiveResponse:
+    async def _lease_ttl_local(self, req: rpc_pb2.LeaseTimeToLiveRequest) -> rpc_pb2.LeaseTimeToLiveResponse:
         """LeaseTimeToLive from the leader's lessor, the only one that knows deadlines.
 
         HOOK for the peer transport, like lease_renew_on_leader. ErrLeaseNotFound
@@ -551,8 +804,24 @@ class EtcdServer:
         self.progress.term = term
 
     def apply_snapshot(self, snap: Snapshot) -> None:
-        """Install a snapshot received from the leader (issue 3: needs the MVCC data to come with it)."""
+        """Install a snapshot received from the leader: its MVCC store, then everything derived from it."""
+        path = self._received_snapshot_dbs.pop(snap.metadata.index, None)
+        if path is None:
+            path = snapshot_db_path(self.cfg.snap_dir, snap.metadata.index)
+        assert self.kv is not None
+        if os.path.exists(path) and self.kv.consistent_index < snap.metadata.index:
+            self.kv.restore_from(path)
+            self._after_store_restored()
+        old_members = set(self.cluster.members)
         self.cluster = RaftCluster.from_json(snap.data)
+        if self.transport is not None:
+            for mid in old_members - set(self.cluster.members):
+                self.transport.remove_peer(mid)
+            for m in self.cluster.members.values():
+                if m.id != self.member_id:
+                    self.transport.update_peer(m.id, m.peer_urls) if m.id in old_members else self.transport.add_peer(
+                        m.id, m.peer_urls
+                    )
         self.progress.conf_state = snap.metadata.conf_state
         self.progress.applied_index = snap.metadata.index
         self.progress.applied_term = snap.metadata.term
@@ -605,27 +874,143 @@ class EtcdServer:
             self.wait.trigger(req_id, result)
 
     def _apply_conf_change(self, ent: Entry) -> None:
+        """Apply a committed membership change, or refuse it identically on every member.
+
+        A refused change is applied to Raft as a no-op (node id NONE) so its pending-change
+        slot is released; the proposer gets the error through the wait registry.
+        """
         assert self.raft is not None
         cc = unmarshal_conf_change(ent.data)
-        if cc.type in (ConfChangeType.ADD_NODE, ConfChangeType.ADD_LEARNER_NODE):
-            m = Member.from_json(cc.context)
-            if cc.type == ConfChangeType.ADD_LEARNER_NODE:
-                m.is_learner = True
-            existing = self.cluster.get(m.id)
-            if existing is not None and existing.is_learner and cc.type == ConfChangeType.ADD_NODE:
-                self.cluster.promote(m.id)
-            else:
-                self.cluster.add(m)
-        elif cc.type == ConfChangeType.REMOVE_NODE:
-            self.cluster.remove(cc.node_id)
-        elif cc.type == ConfChangeType.UPDATE_NODE:
-            m = Member.from_json(cc.context)
-            self.cluster.update_peer_urls(m.id, m.peer_urls)
-        if self.cluster.cluster_id == 0:
-            self.cluster.cluster_id = compute_cluster_id(self.cluster.member_ids())
+        err: errors.EtcdError | None = None
+        try:
+            self.cluster.validate_conf_change(cc.type, cc.node_id, cc.context)
+        except errors.EtcdError as e:
+            err = e
+            cc = ConfChange(type=cc.type, node_id=NONE, context=cc.context, id=cc.id)
+        if err is None:
+            self._apply_membership(cc)
         self.progress.conf_state = self.raft.node.apply_conf_change(cc)
         if self.wait.is_registered(cc.id):
-            self.wait.trigger(cc.id, ApplyResult(resp=None, err=None, events=[]))
+            self.wait.trigger(cc.id, ApplyResult(resp=None, err=err, events=[]))
+        if err is None and cc.type == ConfChangeType.REMOVE_NODE and cc.node_id == self.member_id:
+            self.log.warning(
+                "the member has been permanently removed from the cluster",
+                extra={"fields": {"local-member-id": f"{self.member_id:x}"}},
+            )
+            self._tasks.append(asyncio.create_task(self._stop_removed(), name="removed"))
+
+    def _apply_membership(self, cc: ConfChange) -> None:
+        if cc.type in (ConfChangeType.ADD_NODE, ConfChangeType.ADD_LEARNER_NODE):
+            m = Member.from_json(cc.context)
+            existing = self.cluster.get(cc.node_id)
+            if existing is not None and existing.is_learner and cc.type == ConfChangeType.ADD_NODE:
+                self.cluster.promote(cc.node_id)
+            else:
+                m.is_learner = cc.type == ConfChangeType.ADD_LEARNER_NODE
+                self.cluster.add(m)
+                self.on_member_added(m)
+        elif cc.type == ConfChangeType.REMOVE_NODE:
+            self.cluster.remove(cc.node_id)
+            self.on_member_removed(cc.node_id)
+        elif cc.type == ConfChangeType.UPDATE_NODE:
+            m = Member.from_json(cc.context)
+            self.cluster.update_peer_urls(cc.node_id, m.peer_urls)
+            self.on_member_updated(self.cluster.members[cc.node_id])
+        if self.cluster.cluster_id == 0:
+            self.cluster.cluster_id = compute_cluster_id(self.cluster.member_ids())
+
+    def on_member_added(self, m: Member) -> None:
+        if self.transport is not None and m.id != self.member_id and m.id not in self.transport.peer_ids():
+            self.transport.add_peer(m.id, m.peer_urls)
+
+    def on_member_removed(self, member_id: int) -> None:
+        if self.transport is not None and member_id != self.member_id:
+            self.transport.remove_peer(member_id)
+
+    def on_member_updated(self, m: Member) -> None:
+        if self.transport is not None and m.id != self.member_id:
+            self.transport.update_peer(m.id, m.peer_urls)
+
+    def _after_store_restored(self) -> None:
+        """Everything built from the MVCC store is rebuilt after a snapshot replaced it."""
+        assert self.kv is not None
+        if self.lessor is not None:
+            self.lessor.recover(self.kv.backend, self.kv)
+        if self.watchable is not None:
+            self.watchable.restore()
+        if self.auth_store is not None:
+            self.auth_store.recover()
+
+    async def _transfer_leadership_on_stop(self) -> None:
+        """A leader hands over before it stops, so a rolling restart costs no election timeout.
+
+        The most caught-up connected voter is chosen; if leadership has not moved within two
+        election timeouts the member stops anyway (etcd does the same, then logs a warning).
+        """
+        if self.raft is None or not self.is_leader() or self.transport is None:
+            return
+        st = self.raft.node.status()
+        candidates = [
+            (pr.match, mid)
+            for mid, pr in st.progress.items()
+            if mid != self.member_id and not pr.is_learner and self.transport.active_since(mid) is not None
+        ]
+        if not candidates:
+            return
+        target = max(candidates)[1]
+        self.log.info("transferring leadership before stopping", extra={"fields": {"transferee": f"{target:x}"}})
+        self.raft.node.transfer_leader(target)
+        self.raft.wake()
+        deadline = time.monotonic() + 2 * self.cfg.election_ms / 1000.0
+        while time.monotonic() < deadline and self.lead not in (target,):
+            await asyncio.sleep(self.cfg.heartbeat_ms / 1000.0)
+        if self.lead != target:
+            self.log.warning("leadership transfer timed out; stopping anyway")
+
+    async def _stop_removed(self) -> None:
+        """A removed member stops itself (after this apply pass completes)."""
+        await asyncio.sleep(0)
+        await self.stop()
+
+    # -- helpers for etcdpy.server.reconfig --------------------------------------------------
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def next_request_id(self) -> int:
+        assert self._idgen is not None
+        return self._idgen.next()
+
+    def timeout_error(self, start: float) -> errors.EtcdError:
+        return self._timeout_error(start)
+
+    def transport_active_since(self, member_id: int) -> float | None:
+        """Monotonic time since which the peer has been connected, None when it is not."""
+        return self.transport.active_since(member_id) if self.transport is not None else None
+
+    async def forward_promote_to_leader(self, member_id: int) -> list[Member]:
+        """Followers cannot judge a learner's progress; the leader promotes (etcd forwards over HTTP)."""
+        from etcdpy.server import reconfig
+
+        try:
+            await self._forward_to_leader(
+                lambda leader: self.transport.member_promote(  # type: ignore[union-attr]
+                    leader, member_id, timeout=self.cfg.request_timeout
+                )
+            )
+        except _LocalNow:
+            return await reconfig.promote_member(self, member_id)
+        # The change is committed; wait until this member has applied it too.
+        await self.linearizable_read_notify()
+        return sorted(self.cluster.members.values(), key=lambda m: m.id)
+
+    async def _promote_for_peer(self, member_id: int) -> None:
+        from etcdpy.server import reconfig
+
+        if not self.is_leader():
+            raise errors.ErrNotLeader()
+        await reconfig.promote_member(self, member_id)
 
     def _maybe_trigger_snapshot(self) -> None:
         p = self.progress
@@ -659,6 +1044,13 @@ class EtcdServer:
 
     # ------------------------------------------------------------------ status and shutdown
 
+    def is_learner(self) -> bool:
+        m = self.cluster.members.get(self.member_id)
+        return m is not None and m.is_learner
+
+    def has_leader(self) -> bool:
+        return self.lead != NONE
+
     def is_leader(self) -> bool:
         return self.lead == self.member_id
 
@@ -687,13 +1079,17 @@ class EtcdServer:
         """Stop accepting work, let the raft loop finish its pass, then close storage."""
         if self._stopped:
             return
+        await self._transfer_leadership_on_stop()
         self._stopped = True
         if self.raft is not None:
             self.raft.stop()
         for t in self._tasks:
             if t.get_name() in ("ticker", "read-index", "publish", "campaign", "lease-revoker", "compactor"):
                 t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        current = asyncio.current_task()
+        await asyncio.gather(*(t for t in self._tasks if t is not current), return_exceptions=True)
+        if self.transport is not None:
+            await self.transport.stop()
         self.wait.fail_all(errors.ErrStopped())
         self.applied_wait.fail_all(errors.ErrStopped())
         if self._read_waiters is not None and not self._read_waiters.done():
@@ -705,6 +1101,30 @@ class EtcdServer:
         if self.kv is not None:
             self.kv.close()
         self.done.set()
+
+
+class _LocalNow(Exception):
+    """This member became the leader while forwarding: the caller should answer locally."""
+
+
+async def _probe_members(urls: list[str], timeout: float = 1.0) -> ClusterMembers | None:
+    """Ask every peer at once; the first answer wins, None when nobody answers within `timeout`."""
+
+    async def one(url: str) -> ClusterMembers:
+        return await fetch_members([url], timeout=timeout)
+
+    tasks = [asyncio.create_task(one(u)) for u in urls]
+    try:
+        for fut in asyncio.as_completed(tasks):
+            try:
+                return await fut
+            except PeerUnreachable:
+                continue
+        return None
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def is_txn_serializable(req: rpc_pb2.TxnRequest) -> bool:
