@@ -79,7 +79,7 @@ class World:
     def __init__(self, path: Path, quota: BackendQuota | None = None) -> None:
         self.kv = KVStore(str(path))
         self.applier = Applier(self.kv, Lessor(5))
-        self.alarms = AlarmStore(self.kv.backend)
+        self.alarms = AlarmStore(self.kv)
         self.applier.alarm = AlarmApplier(self.kv, self.alarms, quota, self.applier.apply)
         self.index = self.kv.consistent_index
 

@@ -84,6 +84,8 @@ class KVStore:
     def __init__(self, path: str) -> None:
         self._path = path
         self._backend = Backend(path)
+        # Bumped each time a snapshot replaces the contents, so caches built from them can tell.
+        self.restore_generation = 0
         # Called as fn(revision, events) after every committed txn that changed something (watch).
         self._observers: list[Callable[[int, Sequence[Event]], None]] = []
         self._reset_memory()
@@ -380,6 +382,7 @@ class KVStore:
             Backend.restore_from(src, self._path)
         finally:
             self._backend.reopen()
+            self.restore_generation += 1
             self._reset_memory()
             self._restore()
 

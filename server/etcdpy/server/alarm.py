@@ -63,27 +63,27 @@ def alarm_string(m: rpc_pb2.AlarmMember) -> str:
 class AlarmStore:
     """The active alarms, in memory and in the backend's `alarm` bucket."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, store: KVStore) -> None:
         self._alarms: dict[tuple[int, int], rpc_pb2.AlarmMember] = {}
-        self._backend = backend
-        self.reload(backend)
+        self._generation = -1
+        self.sync(store)
 
     def reload(self, backend: Backend) -> None:
-        """Read the alarm bucket (at start, and after the backend is replaced by a snapshot)."""
-        self._backend = backend
+        """Read the alarm bucket (at start, and after the backend's contents were replaced by a snapshot)."""
         self._alarms.clear()
         for key, _value in backend.iterate(BUCKET_ALARM):
             m = rpc_pb2.AlarmMember.FromString(key)
             self._alarms[(m.alarm, m.memberID)] = m
 
-    def sync(self, backend: Backend) -> None:
-        """Reload if the store now has another backend (a snapshot from the leader replaced it).
+    def sync(self, store: KVStore) -> None:
+        """Reload if a snapshot from the leader replaced the store's contents since the last look.
 
-        `KVStore.restore_from` opens a new Backend object, so an identity check is enough
-        and costs nothing on the apply path.
+        `KVStore.restore_from` bumps the store's restore generation, so one integer comparison
+        on the apply path is enough.
         """
-        if backend is not self._backend:
-            self.reload(backend)
+        if store.restore_generation != self._generation:
+            self._generation = store.restore_generation
+            self.reload(store.backend)
 
     def get(self, alarm: int = NONE) -> list[rpc_pb2.AlarmMember]:
         """Active alarms of one type, or of every type for NONE; ordered by type, then member."""
@@ -145,7 +145,7 @@ class AlarmApplier:
     def apply(self, req: raft_internal_pb2.InternalRaftRequest, index: int, term: int) -> ApplyResult | None:
         if self._inside:
             return None
-        self.alarms.sync(self.store.backend)
+        self.alarms.sync(self.store)
         if req.HasField("alarm"):
             return self._apply_alarm(req.alarm, index, term)
         refused = self._refusal(req)

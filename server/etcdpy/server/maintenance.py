@@ -99,7 +99,7 @@ class MaintenanceOps:
 
         s = self.server
         assert s.kv is not None and s.applier is not None
-        self.alarms = AlarmStore(s.kv.backend)
+        self.alarms = AlarmStore(s.kv)
         self.quota = BackendQuota(s.kv.size, s.cfg.quota_backend_bytes)
         s.applier.alarm = AlarmApplier(s.kv, self.alarms, self.quota, s.applier.apply, self.log)
         try:
@@ -148,7 +148,7 @@ class MaintenanceOps:
         """What is raised now (for Status, HTTP /health and tests); answered locally."""
         if self.alarms is None or self.server.kv is None:
             return []
-        self.alarms.sync(self.server.kv.backend)
+        self.alarms.sync(self.server.kv)
         return self.alarms.get()
 
     def status_errors(self) -> list[str]:
