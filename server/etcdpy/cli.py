@@ -312,6 +312,21 @@ async def serve(cfg: ServerConfig, log: logging.Logger) -> int:
     return server.exit_code
 
 
+def _install_event_loop_policy() -> None:
+    """uvloop when installed: the loop runs every gRPC completion, and uvloop's is cheaper per wake-up.
+
+    Installed as the policy (not just a loop factory) because gRPC's asyncio layer asks the
+    policy for the loop. ETCDPY_EVENT_LOOP=asyncio keeps the standard loop (comparisons, debugging).
+    """
+    if os.environ.get("ETCDPY_EVENT_LOOP", "uvloop") == "asyncio":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "bench":
@@ -327,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("starting etcdpy", extra={"fields": {"etcdpy-version": __version__, "etcd-api-version": ETCD_VERSION,
                                                   "name": cfg.name, "data-dir": cfg.data_dir}})
     try:
+        _install_event_loop_policy()
         return asyncio.run(serve(cfg, log))
     except KeyboardInterrupt:
         return 0

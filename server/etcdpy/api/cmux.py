@@ -163,8 +163,12 @@ class Sniffer(asyncio.Protocol):
     async def _splice(self, transport: asyncio.Transport, path: str, first: bytes) -> None:
         loop = asyncio.get_running_loop()
         client, upstream = Splice(), Splice()
+        # Wire the upstream half to the client before connecting: the server behind may speak first
+        # (gRPC sends its SETTINGS at once), and some loops (uvloop) deliver that before we resume.
+        client.transport = transport
+        upstream.peer = client
         try:
-            await loop.create_unix_connection(lambda: upstream, path)
+            await loop.create_unix_connection(lambda: upstream, sock=await connect_unix(path))
         except OSError:
             transport.abort()  # the server behind is gone or not up yet; the client will retry
             return
@@ -172,8 +176,7 @@ class Sniffer(asyncio.Protocol):
             assert upstream.transport is not None
             upstream.transport.close()
             return
-        client.peer, upstream.peer = upstream, client
-        client.transport = transport
+        client.peer = upstream
         transport.set_protocol(client)
         assert upstream.transport is not None
         upstream.transport.write(first)
@@ -337,3 +340,28 @@ def run_front_process(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(run_front_process())
+
+
+async def connect_unix(path: str) -> socket.socket:
+    """A connected unix socket; made here because not every event loop (uvloop) takes abstract names."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def listen_unix(path: str) -> socket.socket:
+    """A listening unix socket (abstract names included) to hand to `loop.create_unix_server(sock=...)`."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(1024)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

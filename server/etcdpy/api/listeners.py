@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 
 from etcdpy import ETCD_CLUSTER_VERSION, ETCD_VERSION
-from etcdpy.api.cmux import BindError, ClientFront, InternalAddress, bind_listeners, front_mode
+from etcdpy.api.cmux import BindError, ClientFront, InternalAddress, bind_listeners, front_mode, listen_unix
 from etcdpy.api.grpcmetrics import MetricsInterceptor
 from etcdpy.api.grpcserver import ListenError, bind_client_url, build_grpc_server
 from etcdpy.api.http import EtcdHttpApi
@@ -107,7 +107,8 @@ class Listeners:
         await self.grpc.start()
         loop = asyncio.get_running_loop()
         if self._http_internal is not None:
-            self._servers.append(await loop.create_unix_server(self.client_api.protocol, path=self._http_internal.path))
+            sock = listen_unix(self._http_internal.path)
+            self._servers.append(await loop.create_unix_server(self.client_api.protocol, sock=sock))
         if self.front is not None:
             await self.front.start()
         tls = self.server.cfg.client_tls
