@@ -36,6 +36,7 @@ from typing import Any
 import grpc
 
 from etcdpy import errors
+from etcdpy.api.auth import auth_info, check_watch_permitted, watch_cancel_reason
 from etcdpy.api.status import refuse_stream_on_learner, status_code
 from etcdpy.pb import kv_pb2, rpc_pb2
 from etcdpy.raft.types import NONE
@@ -157,9 +158,30 @@ class ServerWatchStream:
 
     # -- requests --------------------------------------------------------------------
 
-    async def recv_loop(self, requests: AsyncIterator[rpc_pb2.WatchRequest]) -> None:
+    async def recv_loop(
+        self, requests: AsyncIterator[rpc_pb2.WatchRequest], context: grpc.aio.ServicerContext | None = None
+    ) -> None:
         async for req in requests:
+            if context is not None and req.WhichOneof("request_union") == "create_request":
+                if not await self.permitted(req.create_request, context):
+                    continue
             self.handle(req)
+
+    async def permitted(self, c: rpc_pb2.WatchCreateRequest, context: grpc.aio.ServicerContext) -> bool:
+        """etcd's isWatchPermitted, asked per create request: a token can expire or lose its role mid-stream.
+
+        Resolving the caller may wait for the Authenticate entry to be applied, so it
+        happens here, awaited in request order, before the synchronous `handle`. A
+        refusal is a created+canceled response (the stream stays up for other watches),
+        with the reason etcd 3.5 gives and its invalid watch id.
+        """
+        try:
+            ai = await auth_info(self.server, context)
+            check_watch_permitted(self.server, ai, c.key or b"\x00", c.range_end)
+        except errors.EtcdError as e:
+            self._control(INVALID_WATCH_ID, self.ws.rev(), created=True, canceled=True, reason=watch_cancel_reason(e))
+            return False
+        return True
 
     def handle(self, req: rpc_pb2.WatchRequest) -> None:
         """Apply one request; every response it causes is queued before this returns."""
@@ -347,7 +369,7 @@ class WatchService:
 
         A client that only half-closes (ends its requests) keeps receiving, as in etcd.
         """
-        recv = asyncio.create_task(sws.recv_loop(requests), name="watch-recv")
+        recv = asyncio.create_task(sws.recv_loop(requests, context), name="watch-recv")
         send = asyncio.create_task(sws.send_loop(context.write), name="watch-send")
         prog = asyncio.create_task(sws.progress_loop(), name="watch-progress")
         no_leader = asyncio.create_task(sws.no_leader.wait(), name="watch-no-leader")
