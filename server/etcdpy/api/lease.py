@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from etcdpy import errors
+from etcdpy.api.auth import auth_info
 from etcdpy.api.status import refuse_stream_on_learner, rpc, status_code
 from etcdpy.pb import rpc_pb2, rpc_pb2_grpc
 from etcdpy.server.etcdserver import EtcdServer
@@ -40,7 +41,8 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     async def LeaseRevoke(
         self, request: rpc_pb2.LeaseRevokeRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseRevokeResponse:
-        return await self.server.lease_revoke(request)
+        """Revoking deletes the lease's keys, so the applier needs the caller to check write on them."""
+        return await self.server.lease_revoke(request, await auth_info(self.server, context))
 
     async def LeaseKeepAlive(
         self, request_iterator: AsyncIterator[rpc_pb2.LeaseKeepAliveRequest], context: grpc.aio.ServicerContext
