@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each measurement")
     p.add_argument("--keyspace", type=int, default=10_000, help="number of distinct keys")
     p.add_argument("--value-size", type=int, default=256, help="bytes per value")
+    p.add_argument("--watchers", type=int, default=1000, help="watch-fanout: watches on the prefix in total")
+    p.add_argument("--watch-streams", type=int, default=10, help="watch-fanout: Watch streams they are spread over")
+    p.add_argument(
+        "--watch-rate", type=float, default=20.0, help="watch-fanout: writer puts per second (0: back to back)"
+    )
     p.add_argument("--timeout", type=float, default=10.0, help="per-request deadline in seconds")
     p.add_argument(
         "--ready-timeout", type=float, default=60.0, help="seconds a target gets to answer a linearizable Range"
@@ -93,6 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.clients, args.concurrency = 1, 1
     if min(args.clients, args.concurrency, args.keyspace) < 1 or args.value_size < 0:
         parser.error("--clients, --concurrency and --keyspace must be >= 1, --value-size >= 0")
+    if min(args.watchers, args.watch_streams) < 1 or args.watch_rate < 0:
+        parser.error("--watchers and --watch-streams must be >= 1, --watch-rate >= 0")
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
     if args.requests is not None and args.requests < 1:
@@ -113,6 +120,9 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         value_size=args.value_size,
         timeout_s=args.timeout,
         seed=args.seed,
+        watchers=args.watchers,
+        watch_streams=args.watch_streams,
+        watch_rate=args.watch_rate,
     )
 
 

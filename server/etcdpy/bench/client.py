@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from etcdpy.bench import streams
 from etcdpy.bench.workloads import KEY_PREFIX, KeyChooser, Op, TxnCache, make_op
 
 READY_TIMEOUT_S = 60.0
@@ -37,6 +38,11 @@ class WorkerSpec:
     value_size: int
     timeout_s: float
     seed: int
+    role: str = ""
+    """watch-fanout only: "watcher" or "writer"."""
+    watchers: int = 1000
+    watch_streams: int = 10
+    watch_rate: float = 20.0
 
 
 @dataclass
@@ -50,6 +56,10 @@ class WorkerResult:
     conflicts: int = 0
     elapsed_s: float = 0.0
     failure: str = ""
+    watch_counts: array | None = None
+    """watch-fanout watcher: events received per watch (end marker excluded)."""
+    writes_acked: int | None = None
+    """watch-fanout writer: acknowledged puts (every watch must see each once)."""
 
 
 @dataclass
@@ -91,11 +101,17 @@ async def _run(spec: WorkerSpec, ready: Any, go: Any) -> WorkerResult:
     try:
         for channel in channels:
             await asyncio.wait_for(channel.channel_ready(), timeout=spec.timeout_s)
+        if spec.workload == "watch-fanout":
+            return await _run_watch(spec, channels, ready, go)
         stubs = [rpc_pb2_grpc.KVStub(c) for c in channels]
         cache = TxnCache()
+        cleanup = None
         if spec.workload == "txn":
             await _load_revisions(stubs[0], rpc_pb2, KEY_PREFIX[spec.workload], cache.revisions, spec.timeout_s)
-        ops = _make_ops(spec, stubs, rpc_pb2, cache)
+        if spec.workload == "lease-keepalive":
+            ops, cleanup = await streams.keepalive_ops(spec, channels, rpc_pb2, rpc_pb2_grpc)
+        else:
+            ops = _make_ops(spec, stubs, rpc_pb2, cache)
         ready.put(spec.index)
         if not await asyncio.to_thread(go.wait, READY_TIMEOUT_S):
             raise TimeoutError("parent never said go")
@@ -106,10 +122,31 @@ async def _run(spec: WorkerSpec, ready: Any, go: Any) -> WorkerResult:
         start = time.perf_counter()
         await _phase(spec, ops, _Budget(deadline, spec.requests), result)
         result.elapsed_s = time.perf_counter() - start
+        if cleanup is not None:
+            await cleanup()
         return result
     finally:
         for channel in channels:
             await channel.close()
+
+
+async def _run_watch(spec: WorkerSpec, channels: list[Any], ready: Any, go: Any) -> WorkerResult:
+    """watch-fanout: watchers open their watches before saying ready; the writer writes."""
+    from etcdpy.pb import rpc_pb2, rpc_pb2_grpc
+
+    result = WorkerResult(index=spec.index)
+    opened = []
+    if spec.role == "watcher":
+        opened = await streams.open_watchers(spec, channels, rpc_pb2, rpc_pb2_grpc)
+    ready.put(spec.index)
+    if not await asyncio.to_thread(go.wait, READY_TIMEOUT_S):
+        raise TimeoutError("parent never said go")
+    t0 = time.monotonic()
+    if spec.role == "watcher":
+        await streams.run_watchers(spec, opened, t0, result)
+    else:
+        await streams.run_writer(spec, channels, rpc_pb2, rpc_pb2_grpc, t0, result)
+    return result
 
 
 async def _load_revisions(stub: Any, pb: Any, prefix: bytes, out: dict[bytes, int], timeout_s: float) -> None:

@@ -102,6 +102,8 @@ def _table(workload: str, rows: list[Summary], ratios: list[dict[str, Any]]) -> 
     out = [HEADER, RULE]
     for r in rows:
         extra = f" ({r.conflicts} conflicts)" if r.conflicts else ""
+        if r.lost is not None:
+            extra += f" ({r.lost} lost, {r.writes} writes)"
         out.append(
             f"| {workload} | {r.target} | {_num(r.ops_per_s, 0)} | {_num(r.mean_ms)} | {_num(r.p50_ms)} "
             f"| {_num(r.p90_ms)} | {_num(r.p99_ms)} | {r.errors}{extra} | {r.load_avg[0]:.2f} |"
@@ -137,6 +139,11 @@ def _settings_lines(s: dict[str, Any], targets: dict[str, dict[str, Any]]) -> li
     )
     if s.get("serial"):
         load += " (serial: single-client latency)"
+    if "watch-fanout" in s.get("workloads", []):
+        load += (
+            f"; watch-fanout: {s.get('watchers')} watches over {s.get('watch_streams')} streams, "
+            f"1 writer at {s.get('watch_rate'):g} puts/s (0: back to back)"
+        )
     if s.get("rounds", 1) > 1:
         load += f"; {s['rounds']} rounds per workload, target order alternating, rounds pooled"
     where = "; ".join(

@@ -13,7 +13,7 @@ import queue
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from etcdpy.bench.client import WorkerResult, WorkerSpec, worker_main
@@ -46,6 +46,9 @@ class RunConfig:
     value_size: int = 256
     timeout_s: float = 10.0
     seed: int = 1
+    watchers: int = 1000
+    watch_streams: int = 10
+    watch_rate: float = 20.0
 
 
 Log = Callable[[str], None]
@@ -66,6 +69,10 @@ class Measurement:
     conflicts: int = 0
     loads: list[tuple[float, float, float]] = field(default_factory=list)
     round_ops_per_s: list[float] = field(default_factory=list)
+    lost: int | None = None
+    """watch-fanout: events some watch should have received and did not (must be 0)."""
+    writes: int | None = None
+    """watch-fanout: acknowledged writes; each watch must have seen each one once."""
 
     def add(self, other: "Measurement") -> None:
         """Pool another round into this one."""
@@ -76,6 +83,9 @@ class Measurement:
         self.conflicts += other.conflicts
         self.loads.extend(other.loads)
         self.round_ops_per_s.extend(other.round_ops_per_s)
+        if other.lost is not None:
+            self.lost = (self.lost or 0) + other.lost
+            self.writes = (self.writes or 0) + (other.writes or 0)
 
     def summary(self, workload: str, target: str) -> Summary:
         """Percentiles over all pooled latencies; load is the mean of the rounds' loads."""
@@ -91,6 +101,7 @@ class Measurement:
             load_avg=load,  # type: ignore[arg-type]
         )
         out.rounds_ops_per_s = list(self.round_ops_per_s)
+        out.lost, out.writes = self.lost, self.writes
         return out
 
 
@@ -118,14 +129,16 @@ def run_workload(target: Target, workload: str, cfg: RunConfig, log: Log) -> Mea
 def _specs(target: Target, workload: str, cfg: RunConfig) -> list[WorkerSpec]:
     """One spec per client process; a request budget is split as evenly as it goes."""
     specs = []
-    for i in range(cfg.clients):
+    watch = workload == "watch-fanout"
+    clients = min(cfg.clients, cfg.watch_streams) if watch else cfg.clients
+    for i in range(clients):
         share = None
         if cfg.requests is not None:
             share = cfg.requests // cfg.clients + (1 if i < cfg.requests % cfg.clients else 0)
         specs.append(
             WorkerSpec(
                 index=i,
-                clients=cfg.clients,
+                clients=clients,
                 endpoints=tuple(target.endpoints),
                 workload=workload,
                 concurrency=cfg.concurrency,
@@ -136,8 +149,15 @@ def _specs(target: Target, workload: str, cfg: RunConfig) -> list[WorkerSpec]:
                 value_size=cfg.value_size,
                 timeout_s=cfg.timeout_s,
                 seed=cfg.seed * 7919 + i,
+                role="watcher" if watch else "",
+                watchers=cfg.watchers,
+                watch_streams=cfg.watch_streams,
+                watch_rate=cfg.watch_rate,
             )
         )
+    if watch:  # one more process: the writer (its requests budget is the whole one)
+        writer = replace(specs[0], index=clients, role="writer", requests=cfg.requests, seed=cfg.seed * 7919 + clients)
+        specs.append(writer)
     return specs
 
 
@@ -200,6 +220,12 @@ def _merge(results: list[WorkerResult], load: tuple[float, float, float]) -> Mea
         out.error_sample = out.error_sample or r.error_sample
         out.conflicts += r.conflicts
     out.elapsed_s = max((r.elapsed_s for r in results), default=0.0)
+    writers = [r.writes_acked for r in results if r.writes_acked is not None]
+    if writers:  # watch-fanout: every watch must have seen every acknowledged write
+        acked = sum(writers)
+        counts = [c for r in results if r.watch_counts is not None for c in r.watch_counts]
+        out.writes = acked
+        out.lost = sum(max(0, acked - c) for c in counts)
     out.round_ops_per_s.append(len(out.latencies) / out.elapsed_s if out.elapsed_s > 0 else 0.0)
     return out
 

@@ -47,6 +47,10 @@ class Summary:
     load_avg: tuple[float, float, float] = (0.0, 0.0, 0.0)
     rounds_ops_per_s: list[float] = field(default_factory=list)
     """Throughput of each round separately: the spread shows how noisy the machine was."""
+    lost: int | None = None
+    """watch-fanout only: events a watch never received (must be 0)."""
+    writes: int | None = None
+    """watch-fanout only: acknowledged writes, pooled over rounds."""
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict; NaN becomes None because JSON has no NaN."""

@@ -15,6 +15,9 @@ WORKLOADS: dict[str, str] = {
     "range": "linearizable single-key Range over a preloaded keyspace",
     "range-serializable": "serializable single-key Range over a preloaded keyspace",
     "txn": "Txn(If ModRevision(key)==rev Then Put Else Range), kube-apiserver's write shape",
+    "watch-fanout": "--watchers watches on one prefix over --watch-streams Watch streams, one writer at "
+    "--watch-rate puts/s; delivered events/s, delivery latency, lost events",
+    "lease-keepalive": "one lease and one LeaseKeepAlive stream per in-flight slot, keep-alives back to back",
 }
 """Workload name -> one-line description (printed by --list-workloads and the README)."""
 
@@ -23,11 +26,16 @@ KEY_PREFIX: dict[str, bytes] = {
     "range": b"bench/range/",
     "range-serializable": b"bench/range/",
     "txn": b"bench/txn/",
+    "watch-fanout": b"bench/watch/",
+    "lease-keepalive": b"bench/lease/",
 }
 """Range workloads share one prefix so one preload serves both."""
 
 PRELOADED = frozenset({"range", "range-serializable"})
 """Workloads that need every key of the keyspace to exist before they start."""
+
+STREAMING = frozenset({"watch-fanout", "lease-keepalive"})
+"""Workloads on bidirectional streams (etcdpy.bench.streams), not unary KV calls."""
 
 
 def key_for(prefix: bytes, index: int) -> bytes:
