@@ -244,8 +244,6 @@ def test_https_metrics_url(pki: Pki, tmp_path: Path) -> None:
         shutil.rmtree(m.base_dir, ignore_errors=True)
 
 
-@pytest.mark.xfail(target() == "etcdpy", strict=False,
-                   reason="CN-based auth needs api/auth.py's auth_info_from_tls wired to api.tlsauth.peer_common_name")
 def test_client_cert_common_name_is_the_user_under_auth(pki: Pki, tmp_path: Path) -> None:
     """With --client-cert-auth and auth enabled, a request without a token runs as the certificate's CN."""
     m = tls_member(tmp_path / "m", pki, client_cert_auth=True)

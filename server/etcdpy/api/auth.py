@@ -5,8 +5,8 @@ Who is calling: `auth_info(server, context)` reads the ``token`` metadata (or
 A simple token names the raft index of the Authenticate entry that created it,
 so a member that has not applied that entry yet waits for it first. With auth
 disabled nobody needs to be anyone: the answer is None, whatever the metadata.
-A TLS client certificate's common name is the other way etcd identifies users;
-`auth_info_from_tls` is the hook for it once client TLS exists.
+A TLS client certificate's common name is the other way etcd identifies users:
+with --client-cert-auth and no token, `auth_info_from_tls` takes the CN as the user.
 
 Every Auth RPC is a raft proposal, as in etcd 3.5, so all members agree on the
 outcome and reads of users and roles are linearizable. Passwords never enter the
@@ -37,6 +37,7 @@ import grpc
 
 from etcdpy import errors
 from etcdpy.api.status import rpc, status_code
+from etcdpy.api.tlsauth import peer_common_name
 from etcdpy.auth.simple_token import token_index
 from etcdpy.auth.store import AuthInfo, AuthStore
 from etcdpy.pb import raft_internal_pb2, rpc_pb2, rpc_pb2_grpc
@@ -61,12 +62,18 @@ def token_from_metadata(metadata: Sequence[tuple[str, Any]] | None) -> str | Non
     return None
 
 
-def auth_info_from_tls(context: Any) -> AuthInfo | None:
-    """Hook: the verified client certificate's common name as the user (etcd's AuthInfoFromTLS).
+def auth_info_from_tls(server: EtcdServer, context: Any) -> AuthInfo | None:
+    """The verified client certificate's common name as the user (etcd's AuthInfoFromTLS).
 
-    etcdpy has no client TLS yet, so there is never a certificate to read.
+    Only with --client-cert-auth: without it gRPC verified no certificate, so a CN would
+    be the client's unchecked claim. Called only when no token was sent (a token wins).
+    The revision is the store's current one, as etcd's: a certificate cannot go stale.
     """
-    return None
+    store = server.auth_store
+    if context is None or store is None or not server.cfg.client_cert_auth:
+        return None
+    cn = peer_common_name(context)
+    return AuthInfo(cn, store.revision) if cn else None
 
 
 async def auth_info_from_metadata(
@@ -78,7 +85,7 @@ async def auth_info_from_metadata(
         return None
     token = token_from_metadata(metadata)
     if token is None:
-        return auth_info_from_tls(context)
+        return auth_info_from_tls(server, context)
     index = token_index(token)
     if index is None:
         raise errors.ErrInvalidAuthToken()
