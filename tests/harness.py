@@ -522,6 +522,8 @@ class Member:
     # `grpc_credentials` are then what readiness probes present (CA, client cert).
     scheme: str = "http"
     grpc_credentials: grpc.ChannelCredentials | None = None
+    # "https": the peer URL uses TLS (the --peer-* flags come through extra_args).
+    peer_scheme: str = "http"
     # Loopback address for both URLs; multi-member clusters give each member its own
     # (127.0.0.10+i) so logs, URLs and partition rules read like distinct hosts.
     host: str = "127.0.0.1"
@@ -539,7 +541,7 @@ class Member:
 
     @property
     def peer_url(self) -> str:
-        return f"http://{self.host}:{self.peer.port}"
+        return f"{self.peer_scheme}://{self.host}:{self.peer.port}"
 
     @property
     def endpoint(self) -> str:
@@ -774,8 +776,14 @@ class Cluster:
         target_name: str | None = None,
         distinct_hosts: bool | None = None,
         net: "NetworkFaults | None" = None,
+        peer_scheme: str = "http",
+        member_args: Callable[[str, str], Sequence[str]] | None = None,
     ) -> None:
+        """``peer_scheme="https"`` gives members https peer URLs; ``member_args(name, host)``
+        returns per-member flags appended after ``extra_args`` (e.g. each member's certificate)."""
         self.base_dir = Path(base_dir)
+        self.peer_scheme = peer_scheme
+        self.member_args = member_args
         self.size = size
         self.extra_args = list(extra_args)
         self.token = token or f"etcdpy-test-{os.getpid()}-{random.SystemRandom().randrange(1 << 30)}"
@@ -800,10 +808,11 @@ class Cluster:
             peer=reserve_port(host=host),
             initial_cluster_state=state,
             initial_cluster_token=self.token,
-            extra_args=list(self.extra_args),
+            extra_args=[*self.extra_args, *(self.member_args(name, host) if self.member_args else ())],
             target=self.target,
             host=host,
             learner=learner,
+            peer_scheme=self.peer_scheme,
         )
         if self.net is not None:
             self.net.enroll(m)

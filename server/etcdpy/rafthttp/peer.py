@@ -33,9 +33,9 @@ from .common import (
     METHOD_STREAM,
     MemberRemoved,
     PeerUnreachable,
-    channel_options,
     grpc_target,
     is_removed_rejection,
+    open_channel,
     rejection,
 )
 
@@ -201,7 +201,7 @@ class PeerSender:
         pool = self._snap_channels if snapshot else self._channels
         ch = pool.get(url)
         if ch is None:
-            ch = grpc.aio.insecure_channel(grpc_target(url), options=channel_options(self.t.options))
+            ch = open_channel(url, self.t.options, self.t.tls, self.t.channel_credentials(url))
             pool[url] = ch
         return ch
 

@@ -32,6 +32,7 @@ import grpc
 from etcdpy import errors
 from etcdpy.pb import peer_pb2, peer_pb2_grpc, rpc_pb2
 from etcdpy.raft.types import Message, MessageType
+from etcdpy.tlsutil import TLSInfo
 
 from .codec import CodecError, EntryCache, decode_message
 from .common import (
@@ -45,8 +46,9 @@ from .common import (
     METHOD_MEMBERS,
     PeerUnreachable,
     TransportOptions,
-    channel_options,
     grpc_target,
+    is_tls_url,
+    open_channel,
     server_options,
 )
 from .fault import ENV_FAULT_FILE, FaultInjector
@@ -151,11 +153,14 @@ class Transport:
         options: TransportOptions | None = None,
         fault_file: str | None = None,
         logger: logging.Logger | None = None,
+        tls: TLSInfo | None = None,
     ) -> None:
         """See the module docstring and docs in etcdpy/rafthttp/__init__.py for each callback.
 
         `fault_file` defaults to $ETCDPY_FAULT_FILE; pass "" to disable fault injection.
         `snapshot_dir` is where received backend snapshots land (the server's snap dir).
+        `tls` (the --peer-* flags, `ServerConfig.peer_tls`): https listen URLs are served with
+        it and https peer URLs dialed with it (its certificate doubles as the client certificate).
         """
         self.member_id = member_id
         self.cluster_id = cluster_id
@@ -176,6 +181,8 @@ class Transport:
         self.on_rtt = on_rtt
         self.on_member_promote = on_member_promote
         self.options = options or TransportOptions()
+        self.tls = tls
+        self._channel_creds: grpc.ChannelCredentials | None = None
         self.log = logger or logging.getLogger("etcdpy.rafthttp")
         path = os.environ.get(ENV_FAULT_FILE) if fault_file is None else fault_file
         self.faults = FaultInjector(path or None, poll_interval=self.options.fault_poll_interval, logger=self.log)
@@ -201,18 +208,27 @@ class Transport:
         if self._started:
             return
         self._started = True
+        server_creds: grpc.ServerCredentials | None = None
+        if any(is_tls_url(u) for u in self.listen_urls):
+            tls = self.tls if self.tls is not None else TLSInfo(flag_prefix="peer-")
+            tls.check(self.listen_urls, "peer")  # etcd's one-line errors (TLSConfigError)
+            server_creds = tls.server_credentials()
         server = grpc.aio.server(options=server_options(self.options))
         peer_pb2_grpc.add_PeerServicer_to_server(PeerService(self), server)
         for url in self.listen_urls:
             target = grpc_target(url)
+            scheme = "https" if is_tls_url(url) else "http"
             try:
-                port = server.add_insecure_port(target)
+                if server_creds is not None and scheme == "https":
+                    port = server.add_secure_port(target, server_creds)
+                else:
+                    port = server.add_insecure_port(target)
             except RuntimeError as e:
                 raise OSError(f"listen tcp {target}: bind: address already in use ({e})") from e
             if port == 0:
                 raise OSError(f"listen tcp {target}: bind: address already in use")
             host = target.rsplit(":", 1)[0]
-            self.bound_urls.append(f"http://{host}:{port}")
+            self.bound_urls.append(f"{scheme}://{host}:{port}")
         await server.start()
         self._server = server
         os.makedirs(self.snapshot_dir, exist_ok=True)
@@ -281,6 +297,15 @@ class Transport:
             p.urls = new
         fields = {"remote-peer-id": f"{peer_id:x}", "remote-peer-urls": new}
         self.log.info("updated remote peer", extra={"fields": fields})
+
+    def channel_credentials(self, url: str) -> grpc.ChannelCredentials | None:
+        """Credentials for dialing `url` (None for http); the PEM files are read once."""
+        if not is_tls_url(url):
+            return None
+        if self._channel_creds is None:
+            tls = self.tls if self.tls is not None else TLSInfo(flag_prefix="peer-")
+            self._channel_creds = tls.channel_credentials()
+        return self._channel_creds
 
     def peer_ids(self) -> list[int]:
         return sorted(self._peers)
@@ -538,16 +563,24 @@ def error_from_message(message: str) -> errors.EtcdError:
 
 
 async def fetch_members(
-    peer_urls: Iterable[str], *, timeout: float = 5.0, options: TransportOptions | None = None
+    peer_urls: Iterable[str],
+    *,
+    timeout: float = 5.0,
+    options: TransportOptions | None = None,
+    tls: TLSInfo | None = None,
 ) -> ClusterMembers:
     """Ask running members for the cluster id and member list (etcd's GetClusterFromRemotePeers).
 
-    Tries each URL in turn; PeerUnreachable when none answers.
+    Tries each URL in turn; PeerUnreachable when none answers. https URLs are dialed with
+    `tls` (the --peer-* flags; without it, only the system CAs and no client certificate).
     """
     opts = options or TransportOptions()
     failures: list[str] = []
+    creds: grpc.ChannelCredentials | None = None
     for url in peer_urls:
-        async with grpc.aio.insecure_channel(grpc_target(url), options=channel_options(opts)) as ch:
+        if is_tls_url(url) and creds is None and tls is not None:
+            creds = tls.channel_credentials()
+        async with open_channel(url, opts, tls, creds) as ch:
             mc = ch.unary_unary(
                 METHOD_MEMBERS, request_serializer=None, response_deserializer=peer_pb2.MembersResponse.FromString
             )

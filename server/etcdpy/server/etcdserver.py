@@ -65,6 +65,7 @@ from etcdpy.rafthttp import (
 from etcdpy.server.raftnode import RaftNode
 from etcdpy.server.wait import Wait, WaitTime
 from etcdpy.snap import Snapshotter
+from etcdpy.tlsutil import TLSInfo
 from etcdpy.wal import WAL, WalSnapshot, valid_snapshot_entries
 from etcdpy.watch import WatchableStore
 
@@ -256,7 +257,9 @@ class EtcdServer:
             on_lease_renew=self._lease_renew_local,
             on_lease_time_to_live=self._lease_ttl_for_peer,
             on_member_promote=self._promote_for_peer,
+            on_rtt=self.metrics.observe_peer_rtt,
             logger=self.log,
+            tls=self.cfg.peer_tls,
         )
 
     def _other_peer_urls(self) -> list[str]:
@@ -273,7 +276,7 @@ class EtcdServer:
         """
         cfg = self.cfg
         try:
-            remote = await fetch_members(self._other_peer_urls(), timeout=5.0)
+            remote = await fetch_members(self._other_peer_urls(), timeout=5.0, tls=self.cfg.peer_tls)
         except PeerUnreachable as e:
             raise StartupError(f"cannot join the existing cluster: {e}") from e
         mine = sorted(cfg.initial_advertise_peer_urls)
@@ -302,7 +305,7 @@ class EtcdServer:
         urls = self._other_peer_urls()
         if not urls:
             return
-        remote = await _probe_members(urls)
+        remote = await _probe_members(urls, tls=self.cfg.peer_tls)
         if remote is None:
             return  # nobody up yet: a normal fresh start of every member
         mine = sorted(self.cfg.initial_advertise_peer_urls)
@@ -323,7 +326,7 @@ class EtcdServer:
         urls = urls or self._other_peer_urls()
         if not urls:
             return
-        remote = await _probe_members(urls)
+        remote = await _probe_members(urls, tls=self.cfg.peer_tls)
         if remote is None:
             return
         if remote.cluster_id != self.cluster.cluster_id:
@@ -1107,11 +1110,11 @@ class _LocalNow(Exception):
     """This member became the leader while forwarding: the caller should answer locally."""
 
 
-async def _probe_members(urls: list[str], timeout: float = 1.0) -> ClusterMembers | None:
+async def _probe_members(urls: list[str], timeout: float = 1.0, tls: TLSInfo | None = None) -> ClusterMembers | None:
     """Ask every peer at once; the first answer wins, None when nobody answers within `timeout`."""
 
     async def one(url: str) -> ClusterMembers:
-        return await fetch_members([url], timeout=timeout)
+        return await fetch_members([url], timeout=timeout, tls=tls)
 
     tasks = [asyncio.create_task(one(u)) for u in urls]
     try:
