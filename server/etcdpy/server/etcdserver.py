@@ -65,7 +65,7 @@ from etcdpy.rafthttp import (
 from etcdpy.server.raftnode import RaftNode
 from etcdpy.server.wait import Wait, WaitTime
 from etcdpy.snap import Snapshotter
-from etcdpy.tlsutil import TLSInfo
+from etcdpy.tlsutil import TLSConfigError, TLSInfo
 from etcdpy.wal import WAL, WalSnapshot, valid_snapshot_entries
 from etcdpy.watch import WatchableStore
 
@@ -129,6 +129,11 @@ class EtcdServer:
     async def start(self) -> None:
         """Open or bootstrap the member, then start the raft, ticker and read loops."""
         cfg = self.cfg
+        try:
+            # Before the data dir is touched, as etcd: a bad peer TLS setup must not leave a half member.
+            cfg.peer_tls.check(cfg.listen_peer_urls + cfg.initial_advertise_peer_urls, "peer")
+        except TLSConfigError as e:
+            raise StartupError(str(e)) from e
         try:
             os.makedirs(cfg.snap_dir, exist_ok=True)
             os.makedirs(os.path.dirname(cfg.wal_dir), exist_ok=True)
