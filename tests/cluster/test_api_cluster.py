@@ -151,3 +151,23 @@ def test_watch_survives_writes_while_members_restart(cluster3: Cluster) -> None:
     finally:
         w.close()
     assert [e["kv"]["key"] for e in w.events] == [b64("/cr/k0"), b64("/cr/k1"), b64("/cr/k2")]
+
+
+def test_defrag_cluster_and_hashkv_cluster_agree(cluster3: Cluster) -> None:
+    """`defrag --cluster` reaches every member; `endpoint hashkv --cluster` is equal on all of them."""
+    leader, _ = _followers(cluster3)
+    for i in range(30):
+        leader.etcdctl("put", f"/hk/k{i}", f"v{i}")
+    leader.etcdctl("del", "/hk/k1")
+    out = leader.etcdctl("defrag", "--cluster", json=False)
+    for m in cluster3.members:
+        assert f"Finished defragmenting etcd member[{m.client_url}]" in out, out
+    rev = int(leader.etcdctl("get", "/hk/k0")["header"]["revision"])
+
+    def hashes() -> list[dict] | None:
+        got = leader.etcdctl("endpoint", "hashkv", "--cluster", f"--rev={rev}")
+        return got if len(got) == 3 else None
+
+    got = wait_until(hashes, 10, "hashkv from every member")
+    assert sorted(h["Endpoint"] for h in got) == sorted(m.client_url for m in cluster3.members)
+    assert len({h["HashKV"]["hash"] for h in got}) == 1, got
