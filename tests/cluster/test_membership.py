@@ -91,7 +91,7 @@ def test_learner_add_catch_up_promote(make_cluster: Callable[..., Cluster]) -> N
             raise
 
     text = wait_until(promoted, 30, "the learner's promotion")
-    assert re.search(rf"Member {lid:x} promoted in cluster\s+[0-9a-f]+", text), text
+    assert re.search(rf"Member\s+{lid:x} promoted in cluster\s+[0-9a-f]+", text), text
     learner.learner = False
     entry = next(m for m in cluster.member_list() if m["ID"] == lid)
     assert not entry.get("isLearner", False) and entry["name"] == "m3"
