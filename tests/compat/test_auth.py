@@ -397,7 +397,7 @@ def test_lease_revoke_under_auth(fresh_member: Member) -> None:
     lease = ctl(m, "lease", "grant", "100", user=ALICE, json=True)["ID"]
     ctl(m, "put", "k", "v", f"--lease={lease:x}", user=ALICE)
     # revoking deletes k: alice has write on it, so the revoke goes through under auth
-    assert ctl(m, "lease", "revoke", f"{lease:x}", user=ALICE).strip() == f"lease {lease:x} revoked"
+    assert ctl(m, "lease", "revoke", f"{lease:x}", user=ALICE).strip() == f"lease {lease:016x} revoked"  # etcdctl prints %016x
     assert ctl(m, "get", "k", user=ALICE) == ""
     # a lease with a key the caller may not write cannot be revoked by it
     root_lease = ctl(m, "lease", "grant", "100", user=ROOT, json=True)["ID"]
@@ -405,5 +405,5 @@ def test_lease_revoke_under_auth(fresh_member: Member) -> None:
     denied = ctl_error(m, "lease", "revoke", f"{root_lease:x}", user=ALICE)
     assert denied == "failed to revoke lease (etcdserver: permission denied)"
     assert ctl(m, "get", "z", user=ROOT).split() == ["z", "v"]
-    assert ctl(m, "lease", "revoke", f"{root_lease:x}", user=ROOT).strip() == f"lease {root_lease:x} revoked"
+    assert ctl(m, "lease", "revoke", f"{root_lease:x}", user=ROOT).strip() == f"lease {root_lease:016x} revoked"
     assert ctl(m, "get", "z", user=ROOT) == ""
