@@ -233,12 +233,13 @@ def test_truncated_file_is_refused(source: Source, tmp_path: Path, keep: int) ->
 
 def _flip_positions(size: int) -> dict[str, int]:
     return {
-        "magic": 0,
-        "version": 11,
-        "first record length": 17,
-        "early data": 200,
+        "meta magic": 16,
+        "meta checksum": 16 + 56,
+        "second meta page": 4096 + 40,
+        "freelist page": 2 * 4096 + 2,
+        "first data page": 3 * 4096 + 20,
         "middle": size // 2,
-        "inner sha or padding": size - 33 - 20,
+        "last page": size - 33 - 20,
         "etcdctl sha": size - 5,
     }
 
@@ -253,10 +254,11 @@ def test_bit_flipped_file_is_refused(source: Source, tmp_path: Path, where: str)
     _assert_refused(bad, tmp_path, "")
 
 
-def test_etcd_bbolt_file_is_refused_with_a_clear_message(tmp_path: Path) -> None:
-    bolt = tmp_path / "bolt.db"
-    bolt.write_bytes(b"\x00" * 4096 * 4 + os.urandom(32))
-    _assert_refused(bolt, tmp_path, "not an etcdpy snapshot")
+def test_a_file_that_is_not_bbolt_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    junk = os.urandom(4096 * 4)
+    bad = tmp_path / "junk.db"
+    bad.write_bytes(junk + hashlib.sha256(junk).digest())  # a valid checksum over garbage
+    _assert_refused(bad, tmp_path, "invalid database")
 
 
 def test_missing_file_is_refused(tmp_path: Path) -> None:

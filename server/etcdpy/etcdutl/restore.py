@@ -35,7 +35,12 @@ import shutil
 import struct
 from dataclasses import dataclass, field
 
-from etcdpy.etcdutl.snapshot_file import BoundedReader, SnapshotFileError, SnapshotInfo, inspect
+from etcdpy.etcdutl.snapshot_file import (
+    BoundedReader,
+    SnapshotFileError,
+    SnapshotInfo,
+    inspect,
+)
 from etcdpy.mvcc.backend import (
     BUCKET_MEMBERS,
     BUCKET_MEMBERS_REMOVED,
@@ -44,6 +49,8 @@ from etcdpy.mvcc.backend import (
     META_CONSISTENT_TERM,
     Backend,
 )
+from etcdpy.mvcc.bbolt import BoltError, BoltReader
+from etcdpy.mvcc.etcd_db import MEMBERSHIP_BUCKETS, read_etcd_db
 from etcdpy.raft.types import (
     ConfChange,
     ConfChangeType,
@@ -55,11 +62,17 @@ from etcdpy.raft.types import (
     SnapshotMetadata,
     marshal_conf_change,
 )
-from etcdpy.server.membership import Member, RaftCluster, compute_cluster_id, members_from_initial_cluster
+from etcdpy.server.membership import (
+    Member,
+    RaftCluster,
+    compute_cluster_id,
+    members_from_initial_cluster,
+)
 from etcdpy.snap import Snapshotter
 from etcdpy.wal import WAL, WalSnapshot
 
 RESTORE_TERM = 1
+_LOAD_BATCH_BYTES = 4 << 20
 
 
 class RestoreError(Exception):
@@ -94,7 +107,9 @@ def restore(cfg: RestoreConfig) -> RestoreResult:
     members, me = _verify_bootstrap(cfg)
     _check_target(cfg.data_dir)
     try:
-        info = inspect(cfg.snapshot_path, verify_checksum=not cfg.skip_hash_check)
+        info = inspect(
+            cfg.snapshot_path, verify_checksum=not cfg.skip_hash_check, require_checksum=not cfg.skip_hash_check
+        )
     except SnapshotFileError as e:
         raise RestoreError(str(e)) from None
     cluster_id = compute_cluster_id([m.id for m in members])
@@ -168,12 +183,15 @@ def _build(root: str, cfg: RestoreConfig, info: SnapshotInfo, members: list[Memb
 
 
 def _restore_backend(db_path: str, info: SnapshotInfo, commit: int) -> None:
-    """Load the verified stream, drop the old membership, point the consistent index at the new log."""
-    with open(info.path, "rb") as f:
-        try:
-            Backend.restore_from(BoundedReader(f, info.data_len), db_path)  # type: ignore[arg-type]
-        except Exception as e:  # the file changed since inspect(), or the disk failed
-            raise RestoreError(f"cannot restore backend from {info.path}: {e}") from None
+    """Load the verified file, drop the old membership, point the consistent index at the new log."""
+    if info.format == "bbolt":
+        _load_bolt(db_path, info)
+    else:
+        with open(info.path, "rb") as f:
+            try:
+                Backend.restore_from(BoundedReader(f, info.data_len), db_path)  # type: ignore[arg-type]
+            except Exception as e:  # the file changed since inspect(), or the disk failed
+                raise RestoreError(f"cannot restore backend from {info.path}: {e}") from None
     be = Backend(db_path)
     try:
         batch = be.batch()
@@ -184,6 +202,32 @@ def _restore_backend(db_path: str, info: SnapshotInfo, commit: int) -> None:
         batch.put(BUCKET_META, META_CONSISTENT_TERM, struct.pack(">Q", RESTORE_TERM))
         be.write(batch)
         be.db.flush(True)
+    finally:
+        be.close()
+
+
+def _load_bolt(db_path: str, info: SnapshotInfo) -> None:
+    """Copy every bucket of an etcd bbolt db (etcd's or etcdpy's) into a new RocksDB backend.
+
+    etcdpy's backend keeps etcd's buckets and encodings, so this is a copy; the old
+    membership is left out (the new cluster's is written by the restore).
+    """
+    be = Backend(db_path)
+    try:
+        with BoltReader(info.path, length=info.data_len) as db:
+            batch = be.batch()
+            pending = 0
+            for bucket, key, value in read_etcd_db(db, skip=MEMBERSHIP_BUCKETS):
+                batch.put(bucket, key, value)
+                pending += len(key) + len(value)
+                if pending >= _LOAD_BATCH_BYTES:
+                    be.write(batch)
+                    batch, pending = be.batch(), 0
+            if not batch.is_empty():
+                be.write(batch)
+        be.db.flush(True)
+    except BoltError as e:  # the file changed since inspect()
+        raise RestoreError(f"cannot restore backend from {info.path}: {e}") from None
     finally:
         be.close()
 

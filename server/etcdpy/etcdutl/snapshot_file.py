@@ -1,8 +1,18 @@
-"""Reading backend snapshot files offline: full verification, status numbers, and the data to restore.
+"""Reading snapshot files offline: full verification, status numbers, and the data to restore.
 
-A snapshot file is what `Backend.snapshot_to` writes or what `etcdctl snapshot
-save` stored from etcdpy's Maintenance.Snapshot stream (format: see
-`etcdpy.mvcc.backend`):
+A snapshot file is, as with etcd, a bbolt database with etcd's buckets
+(`etcdpy.mvcc.etcd_db`), followed by the sha256 of the database when it was
+saved from the Maintenance.Snapshot stream (`etcdctl snapshot save`,
+`etcdpy snapshot save`). etcd recognises that trailer by "size % 512 == 32"
+(a bbolt file is whole pages). `inspect` checks the trailer, then every page of
+the database, so a truncated or damaged file is refused with a one-line
+`SnapshotFileError` before anything is built from it. The status numbers are
+etcd's: a crc32 (Castagnoli) over every bucket name and every key and value in
+it, the main revision of the last key of the `key` bucket, the number of
+entries in all buckets, and the database size (bbolt's tx.Size()).
+
+Files in etcdpy's earlier own format (written before etcdpy streamed bbolt) are
+still read; that format (see `etcdpy.mvcc.backend`) is:
 
     header | records | terminator | sha256 of all that      (the backend stream)
     [zero bytes up to a multiple of 512]                     (added by the Snapshot RPC)
@@ -27,11 +37,18 @@ import io
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from etcdpy.mvcc.backend import BUCKET_KEY, SNAPSHOT_MAGIC, SNAPSHOT_VERSION
+from etcdpy.mvcc.bbolt import BoltError, BoltReader
 from etcdpy.mvcc.revision import bytes_to_rev
+
+try:
+    from crc32c import crc32c as _crc32c_c
+except ImportError:  # pragma: no cover - the dependency is declared; this keeps status usable without it
+    _crc32c_c = None  # type: ignore[assignment]
 
 _HEADER = struct.Struct(">8sII")
 _REC = struct.Struct(">II")
@@ -54,10 +71,14 @@ class SnapshotInfo:
     hash: int
     revision: int
     total_keys: int
+    format: str = "etcdpy"  # "bbolt" (etcd's, and etcdpy's since it streams bbolt) or "etcdpy" (legacy)
+    db_size: int = 0  # bbolt: pages in use × page size
 
     @property
     def total_size(self) -> int:
-        """The snapshot's size without etcdctl's checksum (what `snapshot status` reports)."""
+        """What `snapshot status` reports: bbolt's tx.Size(), or the legacy file without checksum."""
+        if self.format == "bbolt":
+            return self.db_size
         return self.file_size - (SHA_LEN if self.has_checksum else 0)
 
 
@@ -85,11 +106,13 @@ class _Reader:
         return data
 
 
-def inspect(path: str, verify_checksum: bool = True) -> SnapshotInfo:
+def inspect(path: str, verify_checksum: bool = True, require_checksum: bool = False) -> SnapshotInfo:
     """Read and verify a snapshot file completely; raise SnapshotFileError if anything is wrong.
 
     `verify_checksum=False` (etcd's --skip-hash-check) still checks the framing and the
     backend stream's own sha256, but accepts a file whose etcdctl checksum does not match.
+    `require_checksum` (restore without --skip-hash-check, as etcd) refuses a bare bbolt
+    database without the trailing sha256.
     """
     try:
         f = open(path, "rb", buffering=_READ_BLOCK)
@@ -97,6 +120,15 @@ def inspect(path: str, verify_checksum: bool = True) -> SnapshotInfo:
         raise SnapshotFileError(f"cannot open snapshot {path}: {e.strerror}") from None
     with f:
         size = os.fstat(f.fileno()).st_size
+        if f.read(len(SNAPSHOT_MAGIC)) != SNAPSHOT_MAGIC:
+            info = _inspect_bolt(f, path, size, verify_checksum)
+            if require_checksum and not info.has_checksum:
+                raise SnapshotFileError(
+                    f"snapshot file {path} has no sha256 checksum (truncated, or a bare database: "
+                    "use --skip-hash-check)"
+                )
+            return info
+        f.seek(0)
         r = _Reader(f, path, size)
         h, rev, keys = _scan_records(r)
         if r.read(SHA_LEN, inner=False) != r.inner.digest():
@@ -104,6 +136,79 @@ def inspect(path: str, verify_checksum: bool = True) -> SnapshotInfo:
         data_len = r.pos
         has_checksum = _check_tail(r, verify_checksum)
     return SnapshotInfo(path, size, data_len, has_checksum, h, rev, keys)
+
+
+def _inspect_bolt(f: BinaryIO, path: str, size: int, verify: bool) -> SnapshotInfo:
+    """etcd's rules: a trailing sha256 when size % 512 == 32, checked; then the whole database."""
+    has_checksum = size % ALIGN == SHA_LEN
+    data_len = size - SHA_LEN if has_checksum else size
+    if has_checksum:
+        f.seek(0)
+        sha = hashlib.sha256()
+        left = data_len
+        while left:
+            block = f.read(min(_READ_BLOCK, left))
+            if not block:
+                raise SnapshotFileError(f"snapshot file {path} is truncated")
+            sha.update(block)
+            left -= len(block)
+        if verify and f.read(SHA_LEN) != sha.digest():
+            raise SnapshotFileError(f"snapshot file {path} is corrupt: sha256 checksum mismatch")
+    try:
+        with BoltReader(path, length=data_len) as db:
+            if data_len % db.page_size:
+                raise SnapshotFileError(
+                    f"snapshot file {path} is truncated (not whole {db.page_size}-byte pages, no checksum)"
+                )
+            db.check()
+            h, rev, keys = _bolt_status(db)
+            db_size = db.size
+    except BoltError as e:
+        raise SnapshotFileError(f"snapshot file {path}: {e}") from None
+    except OSError as e:
+        raise SnapshotFileError(f"cannot read snapshot {path}: {e.strerror}") from None
+    return SnapshotInfo(path, size, data_len, has_checksum, h, rev, keys, "bbolt", db_size)
+
+
+def _bolt_status(db: BoltReader) -> tuple[int, int, int]:
+    """etcdutl's snapshot status numbers: crc32c over names, keys and values; last revision; entries."""
+    h = 0
+    rev = 0
+    keys = 0
+    crc: Callable[[bytes, int], int] = _crc32c_c if _crc32c_c is not None else _crc32c_py
+    for name in db.buckets():
+        h = crc(name, h)
+        is_key = name == b"key"
+        last = b""
+        for k, v in db.items(name):
+            h = crc(k, h)
+            if v:
+                h = crc(v, h)
+            last = k
+            keys += 1
+        if is_key and last:
+            try:
+                rev = bytes_to_rev(last[:17] if len(last) >= 17 else last).main
+            except ValueError:
+                raise SnapshotFileError("snapshot is corrupt: bad revision key in the key bucket") from None
+    return h, rev, keys
+
+
+_CRC32C_TABLE: list[int] = []
+
+
+def _crc32c_py(data: bytes, crc: int = 0) -> int:
+    """Castagnoli crc32, table-driven (used only when the crc32c package is missing)."""
+    if not _CRC32C_TABLE:
+        for i in range(256):
+            c = i
+            for _ in range(8):
+                c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+            _CRC32C_TABLE.append(c)
+    c = crc ^ 0xFFFFFFFF
+    for b in data:
+        c = _CRC32C_TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
 
 
 def _scan_records(r: _Reader) -> tuple[int, int, int]:

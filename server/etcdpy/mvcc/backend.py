@@ -378,11 +378,15 @@ class SnapshotStream:
 
     def chunks(self, chunk_size: int = 32 * 1024) -> Iterator[bytes]:
         """The file's bytes in chunks of about `chunk_size` (for Maintenance.Snapshot)."""
+        yield from _serialize(self.items(), chunk_size)
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every raw (bucket-prefixed key, value) of the frozen copy, in key order."""
         if self._dir is None:
             raise RuntimeError("snapshot stream is closed")
         db = Rdict(self._dir, Options(raw_mode=True), access_type=AccessType.read_only())
         try:
-            yield from _serialize(db.items(), chunk_size)
+            yield from db.items()
         finally:
             db.close()
             del db

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
 from etcdpy import errors
+from etcdpy.mvcc.etcd_db import ClusterState, MemberRecord, write_etcd_db
 from etcdpy.pb import raft_internal_pb2, rpc_pb2
 from etcdpy.raft.types import NONE
 from etcdpy.server.alarm import CORRUPT, NOSPACE, AlarmApplier, AlarmStore, alarm_string
@@ -47,8 +47,8 @@ SNAPSHOT_SEND_BUFFER = 32 * 1024
 """etcd's snapshotSendBufferSize: bytes per Maintenance.Snapshot message."""
 
 SNAPSHOT_ALIGN = 512
-"""etcdctl 3.4 recognises a saved snapshot's sha256 trailer by size % 512 == 32, so the data
-sent before the checksum is zero-padded to a multiple of 512 (bbolt files are page-aligned)."""
+"""etcdctl recognises a saved snapshot's sha256 trailer by size % 512 == 32; the bbolt file sent
+before the checksum is whole pages, so its size is a multiple of this."""
 
 _READ_AHEAD = 32 * SNAPSHOT_SEND_BUFFER  # bytes read per worker-thread hop while streaming
 
@@ -194,7 +194,20 @@ class MaintenanceOps:
         """
         kv = self.server.kv
         assert kv is not None
-        return await asyncio.to_thread(SnapshotSender.prepare, kv, self.server.cfg.snap_dir)
+        state = self.cluster_state()
+        return await asyncio.to_thread(SnapshotSender.prepare, kv, self.server.cfg.snap_dir, state)
+
+    def cluster_state(self) -> ClusterState:
+        """What etcd's backend holds about the membership, taken now (on the loop thread)."""
+        s = self.server
+        members = [
+            MemberRecord(m.id, m.name, list(m.peer_urls), list(m.client_urls), m.is_learner)
+            for _, m in sorted(s.cluster.members.items())
+        ]
+        cs = s.progress.conf_state
+        voters = list(cs.voters) or [m.id for m in members if not m.is_learner]
+        learners = list(cs.learners) if cs.voters else [m.id for m in members if m.is_learner]
+        return ClusterState(members, sorted(s.cluster.removed), voters, learners)
 
     # ------------------------------------------------------------------ leadership
 
@@ -229,14 +242,19 @@ class SnapshotSender:
         self.total = total
 
     @classmethod
-    def prepare(cls, kv: KVStore, spool_dir: str) -> SnapshotSender:
-        """Blocking: checkpoint the backend and write it, zero-padded to SNAPSHOT_ALIGN, to a temp file."""
+    def prepare(cls, kv: KVStore, spool_dir: str, state: ClusterState | None = None) -> SnapshotSender:
+        """Blocking: checkpoint the backend and write it as etcd's bbolt database to a temp file.
+
+        The checkpoint is one consistent point of the store (every applied batch or
+        none of it); the conversion reads the checkpoint, not the live store, so the
+        loop keeps applying meanwhile. A bbolt file is whole pages, so its size is a
+        multiple of SNAPSHOT_ALIGN, as etcdctl expects.
+        """
         stream = kv.open_snapshot()
         f = tempfile.TemporaryFile(dir=spool_dir if os.path.isdir(spool_dir) else None)
         try:
-            n = stream.write_to(f)
-            pad = -n % SNAPSHOT_ALIGN
-            f.write(b"\x00" * pad)
+            n = write_etcd_db(stream.items(), f, state)
+            f.truncate(n)
             f.flush()
             f.seek(0)
         except BaseException:
@@ -244,7 +262,7 @@ class SnapshotSender:
             raise
         finally:
             stream.close()
-        return cls(f, n + pad)
+        return cls(f, n)
 
     async def responses(self) -> AsyncIterator[rpc_pb2.SnapshotResponse]:
         """32 KiB messages with remaining_bytes counting down to 0, then one carrying the sha256."""

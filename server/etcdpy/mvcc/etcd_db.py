@@ -1,0 +1,126 @@
+"""etcd's backend database file (a bbolt file with etcd's buckets) to and from etcdpy's backend.
+
+etcdpy's RocksDB backend already keeps etcd's buckets with etcd's encodings
+(`etcdpy.mvcc.backend`: key = bucket name + NUL + key): the `key` bucket holds
+revision keys and marshalled `mvccpb.KeyValue`s, `meta` the consistent index,
+term and compaction revisions, `lease` `leasepb.Lease` records, `alarm`
+marshalled `AlarmMember`s, `auth*` etcd's auth records. So converting is a copy
+of the buckets, plus what etcd keeps in its backend and etcdpy keeps elsewhere:
+
+* `members`: key = member id in lower-case hex, value = the member as Go's
+  json.Marshal writes etcd's Member: {"id":<number>,"peerURLs":[...],"name":..,
+  "clientURLs":[...]} with "isLearner":true only for a learner and name and
+  client URLs omitted while empty;
+* `members_removed`: key = removed member id in hex, value "removed";
+* `cluster`: `clusterVersion` = "3.5.0";
+* `meta` `confState`: raft's ConfState as JSON ({"voters":[..],"auto_leave":false}).
+
+etcd creates all ten buckets when it starts, so a file written here has all ten
+even when some are empty.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import BinaryIO
+
+from etcdpy.mvcc.bbolt import BoltReader, BoltWriter
+
+ETCD_BUCKETS = (
+    "key", "meta", "lease", "alarm", "cluster", "members", "members_removed", "auth", "authUsers", "authRoles",
+)
+CLUSTER_VERSION = b"3.5.0"
+"""What etcd 3.5 stores under cluster/clusterVersion (the cluster's minor version)."""
+
+MEMBERSHIP_BUCKETS = ("members", "members_removed")
+
+
+@dataclass
+class MemberRecord:
+    """One member as etcd stores it in the `members` bucket."""
+
+    id: int
+    name: str = ""
+    peer_urls: list[str] = field(default_factory=list)
+    client_urls: list[str] = field(default_factory=list)
+    is_learner: bool = False
+
+    def key(self) -> bytes:
+        return f"{self.id:x}".encode()
+
+    def to_json(self) -> bytes:
+        """Go's encoding of etcd's Member (field order and omitempty as in its struct tags)."""
+        d: dict[str, object] = {"id": self.id, "peerURLs": self.peer_urls}
+        if self.is_learner:
+            d["isLearner"] = True
+        if self.name:
+            d["name"] = self.name
+        if self.client_urls:
+            d["clientURLs"] = self.client_urls
+        return json.dumps(d, separators=(",", ":")).encode()
+
+
+@dataclass
+class ClusterState:
+    """What etcd keeps in its backend about the cluster, at the moment of a snapshot."""
+
+    members: list[MemberRecord] = field(default_factory=list)
+    removed: list[int] = field(default_factory=list)
+    voters: list[int] = field(default_factory=list)
+    learners: list[int] = field(default_factory=list)
+
+    def extra_entries(self) -> dict[str, dict[bytes, bytes]]:
+        """The entries etcdpy does not keep in its own backend, by bucket."""
+        conf: dict[str, object] = {"voters": sorted(self.voters)}
+        if self.learners:
+            conf["learners"] = sorted(self.learners)
+        conf["auto_leave"] = False
+        return {
+            "members": {m.key(): m.to_json() for m in self.members},
+            "members_removed": {f"{i:x}".encode(): b"removed" for i in self.removed},
+            "cluster": {b"clusterVersion": CLUSTER_VERSION},
+            "meta": {b"confState": json.dumps(conf, separators=(",", ":")).encode()},
+        }
+
+
+def write_etcd_db(raw_items: Iterable[tuple[bytes, bytes]], f: BinaryIO, state: ClusterState | None = None) -> int:
+    """Write etcdpy backend entries (raw RocksDB keys, in key order) as etcd's bbolt file.
+
+    Returns the file size (a multiple of the page size). Keys bbolt cannot hold
+    (empty ones) are left out: etcd never writes them either.
+    """
+    extra = state.extra_entries() if state is not None else {}
+    w = BoltWriter(f)
+    done: set[str] = set()
+    for name_b, group in groupby(raw_items, key=lambda kv: kv[0].partition(b"\x00")[0]):
+        name = name_b.decode()
+        items: Iterator[tuple[bytes, bytes]] = ((raw[len(name_b) + 1 :], v) for raw, v in group)
+        items = (kv for kv in items if kv[0])
+        if name in extra:
+            merged = dict(items)
+            merged.update(extra[name])
+            items = iter(sorted(merged.items()))
+        w.add_bucket(name_b, items)
+        done.add(name)
+    for name in ETCD_BUCKETS:
+        if name not in done:
+            w.add_bucket(name.encode(), sorted(extra.get(name, {}).items()))
+    return w.finish()
+
+
+def read_etcd_db(reader: BoltReader, skip: Iterable[str] = ()) -> Iterator[tuple[str, bytes, bytes]]:
+    """(bucket, key, value) of every top-level entry of an etcd db, bucket by bucket in key order.
+
+    Nested buckets (etcd never makes them) are skipped; so are the buckets in `skip`.
+    """
+    skipped = set(skip)
+    for name_b in reader.buckets():
+        name = name_b.decode("utf-8", "replace")
+        if name in skipped or b"\x00" in name_b:
+            continue
+        for k, v in reader.items(name_b):
+            if v is not None:
+                yield name, k, v
