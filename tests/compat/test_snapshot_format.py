@@ -164,3 +164,40 @@ def test_etcdpy_reads_and_restores_real_etcd_snapshots(
     )
     dst.start()
     assert _state(dst) == want
+
+
+# ---------------------------------------------------------------------------- etcdpy snapshot save
+
+
+def _etcdpy_rc(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ETCD_", "ETCDCTL_"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SERVER_SRC), env.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "etcdpy", *args], capture_output=True, text=True, env=env,
+                          timeout=120, check=False)
+
+
+def test_etcdpy_snapshot_save_verifies_and_writes_atomically(fresh_member: Member, tmp_path: Path) -> None:
+    """Against either target: the file is what etcdctl saves (same status), checked, with no .part left."""
+    m = fresh_member
+    for i in range(50):
+        m.etcdctl("put", f"k{i}", "v" * i, json=False)
+    ours = tmp_path / "ours.db"
+    res = _etcdpy_rc("snapshot", "save", str(ours), f"--endpoints={m.endpoint}", "-w", "json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    theirs = tmp_path / "theirs.db"
+    m.etcdctl("snapshot", "save", str(theirs), json=False)
+    st = _status(["etcdctl"], theirs)
+    assert {k: out[k] for k in ("revision", "totalKey")} == {k: st[k] for k in ("revision", "totalKey")}
+    assert out["fileSize"] == ours.stat().st_size and ours.stat().st_size % 512 == 32
+    assert _status(["etcdctl"], ours) == {k: out[k] for k in ("hash", "revision", "totalKey", "totalSize")}
+    assert sorted(os.listdir(tmp_path)) == ["ours.db", "theirs.db"]
+
+    res = _etcdpy_rc("snapshot", "save", str(tmp_path / "x.db"), f"--endpoints={m.endpoint},{m.endpoint}")
+    assert res.returncode == 1 and "one selected node" in res.stderr and res.stderr.count("\n") == 1
+
+    m.stop()
+    res = _etcdpy_rc("snapshot", "save", str(tmp_path / "down.db"), f"--endpoints={m.endpoint}",
+                     "--dial-timeout=500ms")
+    assert res.returncode == 1 and res.stderr.startswith("Error: ") and res.stderr.count("\n") == 1, res.stderr
+    assert sorted(os.listdir(tmp_path)) == ["ours.db", "theirs.db"]

@@ -330,3 +330,26 @@ def test_status_refuses_damaged_file(source: Source, tmp_path: Path) -> None:
 )
 def test_human_bytes_matches_go_humanize(n: int, text: str) -> None:
     assert human_bytes(n) == text
+
+
+# ---------------------------------------------------------------------------- snapshot save (the receiving side)
+
+
+@pytest.mark.parametrize("damage", ["none", "cut", "bad sha", "no sha"])
+def test_save_receive_checks_the_stream(source: Source, tmp_path: Path, damage: str) -> None:
+    from etcdpy.etcdutl.save import SaveError, _receive
+
+    msgs = list(source.messages)
+    if damage == "cut":
+        msgs = msgs[: len(msgs) // 2]
+    elif damage == "bad sha":
+        msgs[-1] = rpc_pb2.SnapshotResponse(remaining_bytes=0, blob=bytes(32))
+    elif damage == "no sha":
+        msgs = msgs[:-1]
+    part = tmp_path / "f.part"
+    if damage == "none":
+        assert _receive(iter(msgs), str(part)) == msgs[-1].blob.hex()
+        assert part.read_bytes() == source.path.read_bytes()
+    else:
+        with pytest.raises(SaveError):
+            _receive(iter(msgs), str(part))
