@@ -339,17 +339,25 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):
 
     def _checker(self, raw_errors: bool) -> Callable[[grpc.aio.ServicerContext], Any]:
         async def check(context: grpc.aio.ServicerContext) -> None:
-            store = self.server.auth_store
-            if store is None or not store.enabled:
-                return
-            try:
-                ai = await auth_info(self.server, context)
-                store.is_admin_permitted(ai)
-            except errors.EtcdError as e:
-                err = errors.unmapped_auth_error(e) if raw_errors else e
-                await context.abort(status_code(err), err.message)
+            await check_admin_call(self.server, context, raw_errors)
 
         return check
+
+
+async def check_admin_call(server: EtcdServer, context: Any, raw_errors: bool) -> None:
+    """Abort the call unless auth is off or the caller has the root role (shared with the JSON gateway).
+
+    `raw_errors`: answer with the auth store's unmapped error, as etcd's Maintenance does.
+    """
+    store = server.auth_store
+    if store is None or not store.enabled:
+        return
+    try:
+        ai = await auth_info(server, context)
+        store.is_admin_permitted(ai)
+    except errors.EtcdError as e:
+        err = errors.unmapped_auth_error(e) if raw_errors else e
+        await context.abort(status_code(err), err.message)
 
 
 def _guarded(handler: grpc.RpcMethodHandler, check: Callable[[Any], Any]) -> grpc.RpcMethodHandler:

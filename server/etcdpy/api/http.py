@@ -17,6 +17,11 @@ The semantics and bodies are etcd 3.5's (server/etcdserver/api/etcdhttp):
   lists ``[+]name ok`` lines before ``ok``; a failure is 503 listing every check.
 - /version: ``{"etcdserver":"3.5.13","etcdcluster":"3.5.0"}`` (client URLs only, as etcd).
 - /metrics: Prometheus text format from the server's private registry.
+- /v3/...: etcd's gRPC-gateway JSON API (`etcdpy.api.gateway`), client URLs only; its
+  streams are chunked responses, written as the service produces them.
+
+On the client URLs every answer carries etcd's default CORS headers (``--cors '*'``) and
+``OPTIONS`` is answered 200 with an empty body, as etcd 3.5's client handler does.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
@@ -47,6 +52,7 @@ class Request:
     target: str
     version: str
     headers: dict[str, str]
+    body: bytes = b""
     path: str = ""
     query: dict[str, list[str]] = field(default_factory=dict)
 
@@ -69,6 +75,9 @@ class Response:
     body: bytes = b""
     content_type: str | None = TEXT_PLAIN
     headers: list[tuple[str, str]] = field(default_factory=list)
+    stream: AsyncIterator[bytes] | None = None
+    """A chunked body: each item is one chunk. The status line goes out with the first chunk,
+    so the producer may still change `status` and `headers` until it yields."""
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -90,29 +99,40 @@ def method_not_allowed(allow: str = "GET") -> Response:
 
 def encode_response(resp: Response, keep_alive: bool, head_only: bool = False) -> bytes:
     """Status line, headers and body as one buffer: one write, one segment for small answers."""
+    head = encode_head(resp, keep_alive, [f"Content-Length: {len(resp.body)}"])
+    return head if head_only else head + resp.body
+
+
+def encode_head(resp: Response, keep_alive: bool, framing: list[str]) -> bytes:
+    """Status line and headers, sorted by name as Go's net/http writes them, then Date and the framing."""
     reason = HTTPStatus(resp.status).phrase if resp.status in HTTPStatus._value2member_map_ else ""
-    lines = [f"HTTP/1.1 {resp.status} {reason}"]
+    headers = list(resp.headers)
     if resp.content_type:
-        lines.append(f"Content-Type: {resp.content_type}")
-    lines.extend(f"{k}: {v}" for k, v in resp.headers)
+        headers.append(("Content-Type", resp.content_type))
+    headers.sort(key=lambda kv: kv[0])
+    lines = [f"HTTP/1.1 {resp.status} {reason}"]
+    lines.extend(f"{k}: {v}" for k, v in headers)
     lines.append(f"Date: {formatdate(usegmt=True)}")
-    lines.append(f"Content-Length: {len(resp.body)}")
+    lines.extend(framing)
     if not keep_alive:
         lines.append("Connection: close")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    return head if head_only else head + resp.body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 class HttpProtocol(asyncio.Protocol):
     """One HTTP/1.1 connection: parse, dispatch to `router`, answer in order."""
 
-    def __init__(self, router: Callable[[Request], Awaitable[Response]]) -> None:
+    def __init__(self, router: Callable[[Request], Awaitable[Response]], max_body: int = MAX_BODY_BYTES) -> None:
         self.router = router
+        self.max_body = max_body
         self.transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._task: asyncio.Task[None] | None = None
         self._eof = False
         self._closing = False
+        self._streaming = False
+        self._can_write = asyncio.Event()
+        self._can_write.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Duck-typed: uvloop's transports do not subclass asyncio.Transport.
@@ -120,19 +140,36 @@ class HttpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
-        if self._task is None:
+        if self._streaming and len(self._buf) > MAX_HEAD_BYTES + self.max_body:
+            self._stop_stream()  # a client pipelining without end behind an endless stream
+        elif self._task is None:
             self._next()
 
     def eof_received(self) -> bool:
         self._eof = True
+        if self._streaming:
+            self._stop_stream()  # the client went away: end the watch (or other stream) now
+            return False
         if self._task is None:
             self._next()
         return True  # keep the write side open until the pending answer is out
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        self._can_write.set()
         if self._task is not None:
             self._task.cancel()
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
+
+    def _stop_stream(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._close()
 
     def _next(self) -> None:
         """Start the next complete request in the buffer, or close on EOF/garbage."""
@@ -151,13 +188,14 @@ class HttpProtocol(asyncio.Protocol):
         except ValueError:
             self._fail(400, "Bad Request")
             return
-        if body_len > MAX_BODY_BYTES:
+        if body_len > self.max_body:
             self._fail(413, "Request Entity Too Large")
             return
         if len(self._buf) < end + 4 + body_len:
             if self._eof:
                 self._close()
             return
+        req.body = bytes(self._buf[end + 4 : end + 4 + body_len])
         del self._buf[: end + 4 + body_len]
         self.transport.pause_reading()
         self._task = asyncio.ensure_future(self._serve(req))
@@ -167,20 +205,62 @@ class HttpProtocol(asyncio.Protocol):
             resp = await self.router(req)
         except asyncio.CancelledError:
             return
-        except Exception:  # noqa: BLE001 - a handler bug must not kill the listener
+        except Exception:
             log.exception("HTTP handler failed", extra={"fields": {"path": req.path}})
             resp = text_error(500, "Internal Server Error")
         assert self.transport is not None
         if self._closing:
             return
         keep = req.keep_alive and not self._eof
-        self.transport.write(encode_response(resp, keep, head_only=req.method == "HEAD"))
+        if resp.stream is not None:
+            try:
+                keep = await self._write_stream(resp, keep) and keep
+            except asyncio.CancelledError:
+                return
+            if self._closing:
+                return
+        else:
+            self.transport.write(encode_response(resp, keep, head_only=req.method == "HEAD"))
         self._task = None
         if not keep:
             self._close()
             return
         self.transport.resume_reading()
         self._next()
+
+    async def _write_stream(self, resp: Response, keep: bool) -> bool:
+        """Send `resp.stream` chunked, each item as it comes; True if the connection can be reused.
+
+        Reading resumes while streaming, only to notice the client leaving (a watch has no
+        other end); requests pipelined behind the stream wait in the buffer.
+        """
+        assert self.transport is not None and resp.stream is not None
+        stream = resp.stream
+        self._streaming = True
+        self.transport.resume_reading()
+        head_sent = False
+        try:
+            async for chunk in stream:
+                if not chunk:
+                    continue
+                data = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+                if not head_sent:
+                    data = encode_head(resp, keep, ["Transfer-Encoding: chunked"]) + data
+                    head_sent = True
+                self.transport.write(data)
+                await self._can_write.wait()
+                if self._closing:
+                    return False
+        finally:
+            self._streaming = False
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if not self._closing:
+            self.transport.pause_reading()
+            head = b"" if head_sent else encode_head(resp, keep, ["Transfer-Encoding: chunked"])
+            self.transport.write(head + b"0\r\n\r\n")
+        return not self._eof
 
     def _fail(self, status: int, message: str) -> None:
         assert self.transport is not None
@@ -230,14 +310,34 @@ class Health:
         return self.health == "true"
 
 
+CORS_HEADERS = [
+    ("Access-Control-Allow-Headers", "accept, content-type, authorization"),
+    ("Access-Control-Allow-Methods", "POST, GET, OPTIONS, PUT, DELETE"),
+    ("Access-Control-Allow-Origin", "*"),
+]
+"""What etcd's client handler adds to every answer with its default ``--cors '*'``."""
+
+GATEWAY_BODY_OVERHEAD = 1024 * 1024
+"""Room for JSON and base64 around a request of --max-request-bytes (base64 adds a third)."""
+
+
 class EtcdHttpApi:
-    """Routes and handlers for one listener kind: "client" (with /version) or "metrics" (without, as etcd)."""
+    """Routes and handlers for one listener kind: "client" (with /version and the /v3 gateway)
+    or "metrics" (neither, as etcd)."""
 
     def __init__(self, server: Any, registry: Any, *, kind: str = "client") -> None:
         from etcdpy import ETCD_CLUSTER_VERSION, ETCD_VERSION
 
         self.server = server
         self.registry = registry
+        self.kind = kind
+        self.gateway: Any = None
+        self.max_body = MAX_BODY_BYTES
+        if kind == "client":
+            from etcdpy.api.gateway import Gateway
+
+            self.gateway = Gateway(server)
+            self.max_body = max(MAX_BODY_BYTES, 2 * server.cfg.max_request_bytes + GATEWAY_BODY_OVERHEAD)
         self.routes: dict[str, Handler] = {
             "/health": self.health,
             "/metrics": self.metrics,
@@ -261,14 +361,27 @@ class EtcdHttpApi:
                 self.routes[f"/{kind_name}/{name}"] = self._check_handler(kind_name, name)
 
     async def __call__(self, req: Request) -> Response:
+        if self.kind != "client":
+            return await self._route(req)
+        if req.method == "OPTIONS":
+            resp = Response(200, b"", None)
+        else:
+            resp = await self._route(req)
+        resp.headers = CORS_HEADERS + resp.headers
+        return resp
+
+    async def _route(self, req: Request) -> Response:
         handler = self.routes.get(req.path)
-        if handler is None:
-            return not_found()
-        return await handler(req)
+        if handler is not None:
+            return await handler(req)
+        if self.gateway is not None and self.gateway.owns(req.path):
+            resp: Response = await self.gateway(req)
+            return resp
+        return not_found()
 
     def protocol(self) -> HttpProtocol:
         """A protocol instance for one new connection (the listener's protocol factory)."""
-        return HttpProtocol(self)
+        return HttpProtocol(self, self.max_body)
 
     # -- /version and /metrics
 
