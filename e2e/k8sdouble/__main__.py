@@ -1,0 +1,62 @@
+"""`python -m k8sdouble STATE_DIR`: the API double and the test node in one process.
+
+Why one process outside the test runner: the node runs real processes and relays traffic; keeping it
+(and the API server's watches) off the test process's interpreter lock keeps timings honest. It
+writes `STATE_DIR/kubeconfig` (plain HTTP on 127.0.0.1, no credentials) once serving, and on
+SIGTERM/SIGINT ends every Pod process it started, by PID, before exiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from .apiserver import ApiServer
+from .kubelet import Node
+
+
+def kubeconfig(port: int) -> str:
+    """A kubeconfig for the double: one cluster, one context, no user credentials."""
+    return (f"apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: http://127.0.0.1:{port}\n"
+            "users:\n- name: e2e\n  user: {}\ncontexts:\n- name: e2e\n  context:\n    cluster: e2e\n    user: e2e\n"
+            "    namespace: default\ncurrent-context: e2e\n")
+
+
+async def serve(state: Path, port: int) -> None:
+    """Run until signalled, then stop the node (ending its Pods) and the server."""
+    server = ApiServer()
+    port = await server.start(port=port)
+    node = Node(f"http://127.0.0.1:{port}", state)
+    await node.start()
+    tmp = state / "kubeconfig.tmp"
+    tmp.write_text(kubeconfig(port))
+    tmp.rename(state / "kubeconfig")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await node.stop()
+    await server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="k8sdouble", description=__doc__)
+    parser.add_argument("state", type=Path, help="directory for the kubeconfig, volumes, pod logs and hosts file")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--die-with-parent", action="store_true", help="exit when the parent process dies")
+    args = parser.parse_args()
+    if args.die_with_parent:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    args.state.mkdir(parents=True, exist_ok=True)
+    asyncio.run(serve(args.state, args.port))
+
+
+if __name__ == "__main__":
+    main()
