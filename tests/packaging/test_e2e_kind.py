@@ -54,6 +54,7 @@ def test_pytest_arguments_after_double_dash_are_passed_through() -> None:
     assert p.returncode == 0, p.stderr
     argv = shlex.split(p.stdout)
     assert argv[:4] == ["python3", "-m", "pytest", "e2e/"]
+    assert any(a.startswith("--kubeconfig=/") and a.endswith("/kubeconfig") for a in argv)
     assert argv[-3:] == ["-k", "scale and not tls", "-x"]
 
 
@@ -74,7 +75,7 @@ def test_refuses_to_start_without_kind(tmp_path: Path) -> None:
 
 def collected(argv: list[str]) -> list[str]:
     """Node ids pytest collects for a command line (run from the repository root)."""
-    cmd = [sys.executable, *argv[1:], "--collect-only", "-q"]
+    cmd = [sys.executable, *argv[1:], "--collect-only", "-q", "-p", "no:kmock"]
     p = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert p.returncode in (0, 5), p.stdout[-2000:] + p.stderr[-2000:]
     return sorted(ln for ln in p.stdout.splitlines() if "::" in ln)
