@@ -169,6 +169,13 @@ class Kube:
     def corrupt_volume(self, ns: str, pvc: str) -> None:
         raise NotImplementedError
 
+    def freeze_pod(self, ns: str, pod: str) -> None:
+        """Stop the member's process (SIGSTOP): it holds its ports but answers nothing, like a hung node."""
+        raise NotImplementedError
+
+    def thaw_pod(self, ns: str, pod: str) -> None:
+        raise NotImplementedError
+
     def diagnostics(self, ns: str) -> str:
         return ""
 
@@ -240,9 +247,18 @@ class DoubleKube(Kube):
 
     def kill_pod_process(self, ns: str, pod: str, container: str = "etcd") -> None:
         """SIGKILL the container's process, as an OOM kill or a crash would."""
+        self._signal(ns, pod, signal.SIGKILL, container)
+
+    def _signal(self, ns: str, pod: str, sig: int, container: str = "etcd") -> None:
         pid = int((self._pod_dir(ns, pod) / f"{container}.pid").read_text())
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, sig)
+
+    def freeze_pod(self, ns: str, pod: str) -> None:
+        self._signal(ns, pod, signal.SIGSTOP)
+
+    def thaw_pod(self, ns: str, pod: str) -> None:
+        self._signal(ns, pod, signal.SIGCONT)
 
     def volume_dir(self, ns: str, pvc: str) -> Path:
         name = self.core.read_namespaced_persistent_volume_claim(pvc, ns).spec.volume_name
@@ -496,3 +512,63 @@ def record_timings(path: Path, scenario: str, timings: dict[str, float]) -> None
     data.setdefault(scenario, {}).update(timings)
     data.setdefault("_meta", {})["loadavg"] = os.getloadavg()
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+# ---- waiting on the operator's view ----------------------------------------------------------------
+TIMEOUT_SCALE = float(os.environ.get("E2E_TIMEOUT_SCALE", "1"))
+
+
+def t(seconds: float) -> float:
+    """A timeout, stretched by E2E_TIMEOUT_SCALE on slow machines or clusters."""
+    return seconds * TIMEOUT_SCALE
+
+
+def summary(kube: Kube, ns: str, cluster: str) -> str:
+    """One line of what the cluster looks like, for failure messages."""
+    try:
+        st = kube.etcdcluster(ns, cluster).get("status") or {}
+    except ApiException as exc:
+        return f"(EtcdCluster unreadable: {exc.status})"
+    conds = {c.get("type"): f"{c.get('status')}/{c.get('reason')}" for c in st.get("conditions") or []}
+    pods = {p.metadata.name: ("Ready" if Kube.pod_ready(p) else p.status.phase) for p in
+            kube.member_pods(ns, cluster)}
+    return (f"phase={st.get('phase')} ready={st.get('readyMembers')}/{st.get('desiredMembers')} "
+            f"members={[m.get('name') for m in st.get('members') or []]} op={st.get('operation')} "
+            f"conditions={conds} pods={pods}")
+
+
+def wait_available(kube: Kube, ns: str, cluster: str, members: int, timeout: float = 300) -> float:
+    """Wait until the cluster is Available with `members` ready voters; returns the seconds it took."""
+    start = time.monotonic()
+    deadline = start + t(timeout)
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ApiException):
+            if kube.available(ns, cluster, members):
+                return round(time.monotonic() - start, 2)
+        exited = kube.operator_exited()
+        if exited is not None:
+            raise AssertionError(f"the operator exited with {exited}; {summary(kube, ns, cluster)}")
+        time.sleep(0.5)
+    raise AssertionError(f"{cluster} not Available with {members} members after {t(timeout):.0f}s: "
+                         f"{summary(kube, ns, cluster)}")
+
+
+def member_names(kube: Kube, ns: str, cluster: str, tls: TLSFiles | None = None) -> dict[str, int]:
+    """etcd's member list as name -> id (learners included)."""
+    return {m.name: m.ID for m in etcd_members(kube, ns, cluster, tls)}
+
+
+def assert_converged(kube: Kube, ns: str, cluster: str, members: int, tls: TLSFiles | None = None) -> dict[str, int]:
+    """etcd, the Pods, the PVCs and the status agree: `members` started voters, one Pod+PVC each, no leftovers."""
+    listed = etcd_members(kube, ns, cluster, tls)
+    names = {m.name for m in listed}
+    assert len(listed) == members and all(m.name and not m.isLearner for m in listed), \
+        f"etcd members {[(m.name, m.isLearner) for m in listed]}"
+    pods = {p.metadata.name for p in kube.member_pods(ns, cluster) if not p.metadata.deletion_timestamp}
+    assert pods == names, f"pods {sorted(pods)} vs etcd members {sorted(names)}"
+    pvcs = {c.metadata.name for c in kube.core.list_namespaced_persistent_volume_claim(
+        ns, label_selector=f"{LABEL_CLUSTER}={cluster}").items if not c.metadata.deletion_timestamp}
+    spec = kube.etcdcluster(ns, cluster)["spec"]
+    if not (spec.get("storage") or {}).get("ephemeral"):
+        assert pvcs == names, f"PVCs {sorted(pvcs)} vs etcd members {sorted(names)}"
+    return {m.name: m.ID for m in listed}

@@ -4,13 +4,15 @@ Why: an invalid EtcdCluster must be refused at the door with the schema's messag
 operator may rely on the schema's defaults being filled in; a double that stored anything would
 hide both. jsonschema does the checking; the Kubernetes dialect (nullable, int-or-string,
 x-kubernetes-*) is translated first, and errors are worded as the API server words them.
-The only CEL rule understood is the immutability idiom `self == oldSelf`; others are not evaluated.
+CEL rules (x-kubernetes-validations) are evaluated for the subset CRD field rules use (has(),
+comparisons, &&, ||, !, size(), arithmetic); a rule outside it is skipped, never refused.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 from typing import Any
 
 import jsonschema
@@ -87,17 +89,93 @@ def _word(err: jsonschema.ValidationError) -> str:
     return f"{path}: Invalid value: {value}: {err.message}"
 
 
-def _cel_immutability(schema: Any, new: Any, old: Any, path: str, errors: list[str]) -> None:
-    """Enforce `self == oldSelf` rules on update (the usual way CRDs mark a field immutable)."""
-    if not isinstance(schema, dict):
+class _Missing(Exception):
+    """A CEL field access on an absent field (the rule then fails, as 'no such key')."""
+
+
+class _Str(str):
+    def _cel_size(self) -> int:
+        return len(self)
+
+
+class _List(list):  # type: ignore[type-arg]
+    def _cel_size(self) -> int:
+        return len(self)
+
+
+class _Map:
+    """A CEL map/object: field access by attribute, absent fields raise."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name not in self._data:
+            raise _Missing(name)
+        return _wrap(self._data[name])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Map) and self._data == other._data
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def _cel_size(self) -> int:
+        return len(self._data)
+
+
+def _wrap(value: Any) -> Any:
+    if isinstance(value, dict):
+        return _Map(value)
+    if isinstance(value, list):
+        return _List(_wrap(v) for v in value)
+    if isinstance(value, str):
+        return _Str(value)
+    return value
+
+
+def _has(thunk: Any) -> bool:
+    try:
+        thunk()
+        return True
+    except _Missing:
+        return False
+
+
+def _cel_to_python(rule: str) -> str:
+    """The CEL subset CRDs use for field rules (has, ==, !=, &&, ||, !, size(), arithmetic) as Python."""
+    expr = re.sub(r"has\(([\w.]+)\)", r"_has(lambda: \1)", rule)
+    expr = expr.replace(".size()", "._cel_size()").replace("&&", " and ").replace("||", " or ")
+    expr = re.sub(r"!(?!=)", " not ", expr)
+    return expr
+
+
+def _cel(schema: Any, new: Any, old: Any, path: str, errors: list[str]) -> None:
+    """Evaluate x-kubernetes-validations rules; transition rules (oldSelf) only on update."""
+    if not isinstance(schema, dict) or new is None:
         return
     for rule in schema.get("x-kubernetes-validations") or []:
-        if rule.get("rule", "").replace(" ", "") == "self==oldSelf" and old is not None and new != old:
-            errors.append(f"{path}: Invalid value: \"object\": {rule.get('message') or 'failed rule: ' + rule['rule']}")
-    if isinstance(new, dict) and isinstance(old, dict):
+        text = rule.get("rule", "")
+        if "oldSelf" in text and old is None:
+            continue
+        try:
+            scope = {"__builtins__": {}, "_has": _has, "true": True, "false": False, "null": None,
+                     "self": _wrap(new), "oldSelf": _wrap(old)}  # globals: the has() lambdas must see them
+            ok = bool(eval(_cel_to_python(text), scope))
+        except _Missing:
+            ok = False
+        except Exception:  # noqa: BLE001, S112 - a rule outside the subset is not evaluated, never refused
+            continue
+        if not ok:
+            kind = "object" if isinstance(new, dict) else type(new).__name__
+            errors.append(f"{path or '<nil>'}: Invalid value: \"{kind}\": {rule.get('message') or 'failed rule: ' + text}")
+    if isinstance(new, dict):
         for name, sub in (schema.get("properties") or {}).items():
-            if name in new and name in old:
-                _cel_immutability(sub, new[name], old[name], f"{path}.{name}" if path else name, errors)
+            if name in new:
+                _cel(sub, new[name], old.get(name) if isinstance(old, dict) else None,
+                     f"{path}.{name}" if path else name, errors)
 
 
 def validate(obj: dict[str, Any], schema: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
@@ -107,9 +185,7 @@ def validate(obj: dict[str, Any], schema: dict[str, Any], old: dict[str, Any] | 
                                                        if k not in ("apiVersion", "kind", "metadata")}})
     validator = jsonschema.Draft7Validator(checked)
     errors = [_word(e) for e in sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))]
-    if old is not None:
-        _cel_immutability(schema, body, {k: v for k, v in old.items() if k not in ("apiVersion", "kind", "metadata")},
-                          "", errors)
+    _cel(schema, obj, old, "", errors)
     return errors
 
 
