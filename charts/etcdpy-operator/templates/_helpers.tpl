@@ -62,27 +62,25 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - apiGroups: [etcd.etcdpy.io]
   resources: [etcdclusters/status, etcdbackups/status]
   verbs: [get, patch, update]
-# One Pod and one PersistentVolumeClaim per member, a peer and a client Service, a PodDisruptionBudget.
+# One Pod and one PersistentVolumeClaim per member: created, observed, deleted (never changed in place).
 - apiGroups: [""]
   resources: [pods, persistentvolumeclaims]
-  verbs: [get, list, watch, create, delete, patch]
+  verbs: [get, list, watch, create, delete]
+# The peer and client Services are created once; the PodDisruptionBudget follows spec.replicas.
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, watch, create, delete, patch, update]
+  verbs: [get, create]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [get, list, watch, create, delete, patch, update]
+  verbs: [get, create, patch]
 # TLS Secrets named in spec.tls are only read.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
-# Events about EtcdClusters (kopf posts them through both APIs depending on the version).
+# Events about EtcdClusters (the operator's and kopf's, through the core v1 API).
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
-- apiGroups: [events.k8s.io]
-  resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- if gt (int .Values.replicaCount) 1 }}
 # kopf peering between operator replicas (only one of them acts).
 - apiGroups: [kopf.dev]
