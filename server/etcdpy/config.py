@@ -42,6 +42,7 @@ class ServerConfig:
     auto_compaction_mode: str = "periodic"  # --auto-compaction-mode: periodic | revision
     auto_compaction_retention: str = "0"  # --auto-compaction-retention: "0" = off (see server.compactor)
     listen_metrics_urls: list[str] = field(default_factory=list)  # --listen-metrics-urls
+    force_new_cluster: bool = False  # --force-new-cluster: restart existing data as a one-member cluster
     # Client TLS (--cert-file, --key-file, --trusted-ca-file, --client-cert-auth) and its --peer-* twin.
     cert_file: str = ""
     key_file: str = ""

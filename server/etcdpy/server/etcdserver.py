@@ -36,6 +36,7 @@ from etcdpy.raft.types import (
     ConfState,
     Entry,
     EntryType,
+    HardState,
     Message,
     ReadState,
     Snapshot,
@@ -45,6 +46,7 @@ from etcdpy.raft.types import (
 )
 from etcdpy.server.apply import Applier, ApplyResult, is_txn_read_only
 from etcdpy.server.apply_auth import AuthApplier
+from etcdpy.server.force_new_cluster import force_new_cluster
 from etcdpy.server.idutil import IdGenerator
 from etcdpy.server.maintenance import MaintenanceOps
 from etcdpy.server.membership import (
@@ -154,7 +156,8 @@ class EtcdServer:
         peers: dict[int, list[str]]
         if WAL.exists(cfg.wal_dir):
             node, storage, wal, snapshotter = self._restart()
-            await self._check_cluster_id_with_peers()
+            if not cfg.force_new_cluster:  # the others are being dropped: their cluster id does not matter
+                await self._check_cluster_id_with_peers()
             peers = {m.id: m.peer_urls for m in self.cluster.members.values()}
         elif cfg.initial_cluster_state == "existing":
             node, storage, wal, snapshotter, peers = await self._join_existing()
@@ -459,6 +462,8 @@ class EtcdServer:
             self.progress.applied_term = snap.metadata.term
         else:
             self.cluster = RaftCluster(int(meta["cluster_id"]))
+        if cfg.force_new_cluster:
+            hs, ents = self._force_new_cluster(wal, snap, hs, ents)
         storage.set_hard_state(hs)
         storage.append(ents)
         self.progress.committed_index = hs.commit
@@ -477,6 +482,26 @@ class EtcdServer:
             },
         )
         return node, storage, wal, snapshotter
+
+    def _force_new_cluster(
+        self, wal: WAL, snap: Snapshot | None, hs: HardState, ents: list[Entry]
+    ) -> tuple[HardState, list[Entry]]:
+        """Drop uncommitted entries and commit the removal of every other member (etcd's semantics)."""
+        me = self.cluster.get(self.member_id) or Member(
+            self.member_id, self.cfg.name, list(self.cfg.initial_advertise_peer_urls)
+        )
+        has_snap = snap is not None and not snap.is_empty()
+        forced = force_new_cluster(
+            self.member_id, me.to_json(), snap.metadata.index if snap is not None and has_snap else 0,
+            snap.metadata.conf_state if snap is not None and has_snap else None, hs, ents,
+        )
+        wal.save(forced.hard_state, forced.appended)
+        self.log.warning(
+            "forcing restart member as a one-member cluster",
+            extra={"fields": {"local-member-id": f"{self.member_id:x}", "commit-index": forced.hard_state.commit,
+                              "removed-member-ids": [f"{i:x}" for i in forced.removed]}},
+        )
+        return forced.hard_state, forced.entries
 
     def _wal_metadata(self, cluster_id: int) -> bytes:
         return json.dumps({"member_id": self.member_id, "cluster_id": cluster_id}).encode()
