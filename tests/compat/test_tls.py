@@ -3,7 +3,7 @@
 The tests make their own throw-away CA, server and client certificates (with the
 `cryptography` package), start a member on an ``https://`` client URL and drive it
 with the real etcdctl (``--cacert --cert --key``) and with a gRPC client. The same
-tests run against etcd 3.4.23 (ETCDPY_TEST_TARGET=etcd).
+tests run against etcd 3.5.1 (ETCDPY_TEST_TARGET=etcd).
 """
 
 from __future__ import annotations

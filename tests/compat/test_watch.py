@@ -3,7 +3,7 @@
 resume), checked against etcd's watch guarantees: ordered, unique, atomic, reliable,
 resumable, bookmarkable.
 
-Every test passes against real etcd 3.4.23 (ETCDPY_TEST_TARGET=etcd). Waiting is always
+Every test passes against real etcd 3.5.1 (ETCDPY_TEST_TARGET=etcd). Waiting is always
 a deadline on the next response or output line, never a sleep. Where a test must show that
 *nothing* arrives (a cancelled or unknown watcher), it sends a progress request and checks
 that the progress response comes first: responses on a stream are ordered.

@@ -17,8 +17,9 @@ from etcdpy.bench import main
 from etcdpy.bench.report import Report
 from etcdpy.bench.stats import percentile, summarize
 from etcdpy.bench.workloads import KeyChooser
+from harness import etcd_binary
 
-ETCD_BIN = os.environ.get("ETCDPY_BENCH_ETCD_BIN", "/usr/bin/etcd")
+ETCD_BIN = os.environ.get("ETCDPY_BENCH_ETCD_BIN") or etcd_binary()
 
 
 def test_percentile_is_nearest_rank() -> None:
