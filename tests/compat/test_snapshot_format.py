@@ -128,7 +128,8 @@ def test_etcd_tools_accept_and_restore_etcdpy_snapshots(
 
     ours = _status([sys.executable, "-m", "etcdpy"], snap)
     assert ours["revision"] == want["revision"]
-    assert _status(["etcdctl"], snap) == ours  # Debian's etcdctl 3.4
+    if Path("/usr/bin/etcdctl").exists():  # Debian's etcdctl 3.4, a second reference where installed
+        assert _status(["/usr/bin/etcdctl"], snap) == ours
     assert _status([str(etcd35_bin / "etcdutl")], snap) == ours  # 3.5.1, after bbolt's tx.Check()
     assert _status([str(etcd35_bin / "etcdctl")], snap) == ours
 
