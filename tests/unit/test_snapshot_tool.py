@@ -353,3 +353,11 @@ def test_save_receive_checks_the_stream(source: Source, tmp_path: Path, damage: 
     else:
         with pytest.raises(SaveError):
             _receive(iter(msgs), str(part))
+
+
+def test_restore_json_output_for_scripts(source: Source, tmp_path: Path) -> None:
+    code, out, err = _run_cli(*_restore_args(source.path, tmp_path / "j.etcd"), "-w", "json")
+    assert (code, err) == (0, "")
+    got = json.loads(out)
+    assert got["dataDir"] == str(tmp_path / "j.etcd") and got["revision"] == source.rev
+    assert int(got["memberId"], 16) == compute_member_id(["http://127.0.0.1:2"], "new-token")

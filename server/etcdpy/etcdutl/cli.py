@@ -30,15 +30,17 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("restore", help="restore a snapshot into a new member data directory", allow_abbrev=False)
-    r.add_argument("snapshot", help="snapshot file (from `etcdctl snapshot save` against etcdpy)")
+    r.add_argument("snapshot", help="snapshot file (`etcdctl/etcdpy snapshot save`, from etcd or etcdpy)")
     r.add_argument("--name", default="default", help="human-readable name for this member")
     r.add_argument("--data-dir", default="", help="path to the data directory (default: ${name}.etcd)")
     r.add_argument("--initial-cluster", default=None, help="initial cluster configuration (name=url,...)")
     r.add_argument("--initial-cluster-token", default="etcd-cluster", help="initial cluster token of the new cluster")
     r.add_argument("--initial-advertise-peer-urls", default="http://localhost:2380", help="this member's peer URLs")
     r.add_argument(
-        "--skip-hash-check", action="store_true", help="accept a file whose etcdctl sha256 checksum does not match"
+        "--skip-hash-check", action="store_true",
+        help="accept a file whose sha256 checksum is missing (a bare db file) or does not match",
     )
+    r.add_argument("-w", "--write-out", choices=("simple", "json"), default="simple", help="output format")
 
     v = sub.add_parser("save", help="save a running member's snapshot to FILE (verified, written atomically)",
                        allow_abbrev=False)
@@ -90,6 +92,12 @@ def _restore(ns: argparse.Namespace) -> int:
         skip_hash_check=ns.skip_hash_check,
     )
     res = restore(cfg)
+    if ns.write_out == "json":
+        print(json.dumps({
+            "snapshot": ns.snapshot, "dataDir": res.data_dir, "revision": res.snapshot.revision,
+            "memberId": f"{res.member_id:x}", "clusterId": f"{res.cluster_id:x}",
+        }, separators=(",", ":")))
+        return 0
     print(
         f"restored snapshot {ns.snapshot} (revision {res.snapshot.revision}) into {res.data_dir}: "
         f"member {res.member_id:x} of new cluster {res.cluster_id:x}"
