@@ -19,6 +19,14 @@ when the socket can take it (asyncio only copies what the kernel refused).
 Back-pressure is the transports' own: when one side's send buffer fills, the
 other side stops reading (pause_reading/resume_reading) until it drains.
 
+On ``https://`` client URLs (in-process front only) the front cannot read the
+preface, which is encrypted; it reads the TLS ClientHello instead, which is not,
+and routes by its ALPN list without terminating TLS: a client offering HTTP/1.1
+(curl, Python's requests, browsers) or no ALPN at all is spliced to an internal
+Python TLS server with the HTTP endpoints and the JSON gateway; anything else (every
+gRPC client offers only ``h2``) is spliced to a TLS port of the gRPC server, which
+terminates TLS itself and still sees the client certificate.
+
 `run_front_process` (``python -m etcdpy.api.cmux``) runs the same relay in a
 child process, so on a multi-core machine the relaying does not compete with
 the server's event loop for the GIL. This module imports nothing heavy on
@@ -183,6 +191,90 @@ class Sniffer(asyncio.Protocol):
         transport.resume_reading()
 
 
+TLS_HANDSHAKE_RECORD = 0x16
+TLS_CLIENT_HELLO = 0x01
+TLS_EXT_ALPN = 0x0010
+MAX_HELLO_BYTES = 5 + 16384 + 5
+"""One full TLS record (the most a ClientHello's first record can be) and the next header."""
+
+
+def client_hello_alpn(buf: bytes) -> list[bytes] | None:
+    """The ALPN names a TLS ClientHello at the start of `buf` offers; None while its first record is incomplete.
+
+    Raises ValueError when `buf` is not a TLS handshake, or the hello cannot be read from
+    its first record (a hello spread over several records: not seen from real clients).
+    """
+    if not buf:
+        return None
+    if buf[0] != TLS_HANDSHAKE_RECORD:
+        raise ValueError("not a TLS handshake")
+    if len(buf) < 5:
+        return None
+    end = 5 + int.from_bytes(buf[3:5], "big")
+    if len(buf) < end:
+        return None
+    try:
+        return _hello_alpn(memoryview(buf)[5:end])
+    except IndexError:
+        raise ValueError("truncated ClientHello") from None
+
+
+def _hello_alpn(body: memoryview) -> list[bytes]:
+    """Walk a ClientHello (version, random, session id, ciphers, compression) to its ALPN extension."""
+    if body[0] != TLS_CLIENT_HELLO:
+        raise ValueError("not a ClientHello")
+    p = 4 + 2 + 32
+    p += 1 + body[p]
+    p += 2 + int.from_bytes(body[p:p + 2], "big")
+    p += 1 + body[p]
+    if p >= len(body):
+        return []  # no extensions
+    end = p + 2 + int.from_bytes(body[p:p + 2], "big")
+    p += 2
+    while p + 4 <= end:
+        kind = int.from_bytes(body[p:p + 2], "big")
+        size = int.from_bytes(body[p + 2:p + 4], "big")
+        p += 4
+        if kind == TLS_EXT_ALPN:
+            names: list[bytes] = []
+            q, stop = p + 2, p + size
+            while q < stop:
+                n = body[q]
+                names.append(bytes(body[q + 1:q + 1 + n]))
+                q += 1 + n
+            return names
+        p += size
+    if p > end or end > len(body):
+        raise IndexError
+    return []
+
+
+def tls_wants_http(alpn: list[bytes]) -> bool:
+    """A client that offers HTTP/1.1, or no protocol at all, speaks HTTP; gRPC clients offer only h2."""
+    return not alpn or b"http/1.1" in alpn
+
+
+class TlsSniffer(Sniffer):
+    """The Sniffer of an ``https://`` URL: routes by the ClientHello's ALPN, leaving TLS to the server behind."""
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        try:
+            alpn = client_hello_alpn(buf)
+        except ValueError:
+            self._hand_over(self.grpc, buf)  # not TLS, or unreadable: gRPC's TLS refuses it as before
+            return
+        if alpn is None:
+            if len(buf) > MAX_HELLO_BYTES:
+                self._hand_over(self.grpc, buf)
+            else:
+                self.buf = buf
+            return
+        self._hand_over(self.http if tls_wants_http(alpn) else self.grpc, buf)
+
+
 # --------------------------------------------------------------------------- listening sockets
 
 
@@ -240,12 +332,21 @@ class ClientFront:
         *,
         mode: str = "inproc",
         http_path: str | None = None,
+        tls_sockets: list[socket.socket] | None = None,
+        grpc_tls_path: str | None = None,
+        https_path: str | None = None,
     ) -> None:
         if mode not in ("inproc", "process"):
             raise ValueError(f"unknown front mode {mode!r}")
         if mode == "process" and http_path is None:
             raise ValueError("a front process needs the server's internal HTTP socket")
-        self.sockets = sockets
+        if tls_sockets and (mode != "inproc" or grpc_tls_path is None or https_path is None):
+            raise ValueError("https client URLs need the in-process front and both internal TLS sockets")
+        self.plain_sockets = sockets
+        self.tls_sockets = tls_sockets or []
+        self.grpc_tls_path = grpc_tls_path
+        self.https_path = https_path
+        self.sockets = sockets + self.tls_sockets
         self.grpc_path = grpc_path
         self.http_factory = http_factory
         self.http_path = http_path
@@ -262,9 +363,14 @@ class ClientFront:
         loop = asyncio.get_running_loop()
         grpc_route = Route(unix_path=self.grpc_path)
         http_route = Route(factory=self.http_factory)
-        for s in self.sockets:
+        for s in self.plain_sockets:
             srv = await loop.create_server(lambda: Sniffer(grpc_route, http_route), sock=s)
             self._servers.append(srv)
+        if self.tls_sockets:
+            assert self.grpc_tls_path is not None and self.https_path is not None
+            tls_grpc, https = Route(unix_path=self.grpc_tls_path), Route(unix_path=self.https_path)
+            for s in self.tls_sockets:
+                self._servers.append(await loop.create_server(lambda: TlsSniffer(tls_grpc, https), sock=s))
 
     def _spawn(self) -> None:
         """Hand the listening sockets to `python -m etcdpy.api.cmux`; it lives while our lifeline pipe is open."""

@@ -53,6 +53,8 @@ class Request:
     version: str
     headers: dict[str, str]
     body: bytes = b""
+    peer_cn: str | None = None
+    """The common name of the verified TLS client certificate (https with client-cert auth), else None."""
     path: str = ""
     query: dict[str, list[str]] = field(default_factory=dict)
 
@@ -133,10 +135,12 @@ class HttpProtocol(asyncio.Protocol):
         self._streaming = False
         self._can_write = asyncio.Event()
         self._can_write.set()
+        self._peer_cn: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Duck-typed: uvloop's transports do not subclass asyncio.Transport.
         self.transport = transport  # type: ignore[assignment]
+        self._peer_cn = certificate_common_name(transport.get_extra_info("peercert"))
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
@@ -196,6 +200,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._close()
             return
         req.body = bytes(self._buf[end + 4 : end + 4 + body_len])
+        req.peer_cn = self._peer_cn
         del self._buf[: end + 4 + body_len]
         self.transport.pause_reading()
         self._task = asyncio.ensure_future(self._serve(req))
@@ -273,6 +278,17 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.close()
 
 
+def certificate_common_name(cert: Any) -> str | None:
+    """The subject CN of a certificate as `ssl.SSLSocket.getpeercert()` returns it (only verified ones are there)."""
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return str(value)
+    return None
+
+
 def _parse_head(head: bytes) -> tuple[Request, int]:
     """Request line and headers; returns the request and the body length to skip."""
     text = head.decode("latin-1")
@@ -316,6 +332,8 @@ CORS_HEADERS = [
     ("Access-Control-Allow-Origin", "*"),
 ]
 """What etcd's client handler adds to every answer with its default ``--cors '*'``."""
+
+CN_REFUSED = "CommonName of client sending a request against gateway will be ignored and not used as expected"
 
 GATEWAY_BODY_OVERHEAD = 1024 * 1024
 """Room for JSON and base64 around a request of --max-request-bytes (base64 adds a third)."""
@@ -365,10 +383,20 @@ class EtcdHttpApi:
             return await self._route(req)
         if req.method == "OPTIONS":
             resp = Response(200, b"", None)
+        elif self._gateway_refuses_cn(req):
+            resp = text_error(400, CN_REFUSED)
         else:
             resp = await self._route(req)
         resp.headers = CORS_HEADERS + resp.headers
         return resp
+
+    def _gateway_refuses_cn(self, req: Request) -> bool:
+        """etcd's access controller: under client-cert auth with auth enabled, a certificate CN on a
+        gateway call is refused, because the gateway would not carry it to the server as the user."""
+        if req.peer_cn is None or self.gateway is None or not self.gateway.owns(req.path):
+            return False
+        store = getattr(self.server, "auth_store", None)
+        return bool(self.server.cfg.client_cert_auth and store is not None and store.enabled)
 
     async def _route(self, req: Request) -> Response:
         handler = self.routes.get(req.path)

@@ -6,9 +6,12 @@ The layout, per --listen-client-urls entry:
   are spliced to the gRPC server on a private abstract unix socket, HTTP/1.1 ones
   get etcd's HTTP endpoints. With ``ETCDPY_CLIENT_FRONT=off`` gRPC binds the port
   itself instead (no HTTP there), which is how the front's cost is measured.
-- ``https://`` — gRPC binds the port itself with the TLS credentials: terminating
-  TLS in Python on the hot path would cost far more than the front, so HTTP
-  endpoints of a TLS member are served on --listen-metrics-urls only.
+- ``https://`` — the front owns the port too, but never decrypts: it reads the
+  ClientHello's ALPN list and splices gRPC clients (they offer only ``h2``) to a
+  TLS port of the gRPC server on another abstract socket, and HTTP/1.1 clients to
+  an internal Python TLS server with the same HTTP endpoints and JSON gateway. With
+  ``ETCDPY_CLIENT_FRONT=off`` or ``=process``, gRPC binds an https port itself
+  and serves no HTTP there (use --listen-metrics-urls for /health and /metrics).
 
 Each --listen-metrics-urls entry is a small HTTP(S) server with /metrics, /health,
 /livez and /readyz (not /version: etcd's metrics listener has none either).
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from typing import Any
 
 import grpc
@@ -49,6 +53,8 @@ class Listeners:
         self.grpc: grpc.aio.Server | None = None
         self.front: ClientFront | None = None
         self._http_internal: InternalAddress | None = None
+        self._https_internal: InternalAddress | None = None
+        self._https_context: ssl.SSLContext | None = None
         self._metrics_socks: list[tuple[str, list[socket.socket]]] = []
         self._servers: list[asyncio.base_events.Server] = []
 
@@ -71,25 +77,43 @@ class Listeners:
             self.server, interceptors=[MetricsInterceptor(self.server.metrics.grpc)], bind_client_urls=False
         )
         front_socks: list[socket.socket] = []
+        tls_socks: list[socket.socket] = []
         for url in cfg.listen_client_urls:
             host, port, scheme = url_host_port(url, 2379)
-            if scheme == "https" or self.mode == "off":
+            if self.mode == "off" or (scheme == "https" and self.mode != "inproc"):
                 bind_client_url(self.grpc, cfg, url)
+            elif scheme == "https":
+                tls_socks += bind_listeners(host, port)
             else:
                 front_socks += bind_listeners(host, port)
-        if front_socks:
-            internal = InternalAddress("grpc")
-            if self.grpc.add_insecure_port(internal.grpc_target) == 0:
-                raise ListenError(f"cannot listen on internal socket {internal.grpc_target}")
-            if self.mode == "process":
-                self._http_internal = InternalAddress("http")
-            self.front = ClientFront(
-                front_socks,
-                internal.path,
-                self.client_api.protocol,
-                mode=self.mode,
-                http_path=self._http_internal.path if self._http_internal else None,
-            )
+        if not front_socks and not tls_socks:
+            return self._bind_metrics()
+        internal = InternalAddress("grpc")
+        if front_socks and self.grpc.add_insecure_port(internal.grpc_target) == 0:
+            raise ListenError(f"cannot listen on internal socket {internal.grpc_target}")
+        if self.mode == "process":
+            self._http_internal = InternalAddress("http")
+        tls_grpc = None
+        if tls_socks:
+            tls_grpc = InternalAddress("grpc-tls")
+            if self.grpc.add_secure_port(tls_grpc.grpc_target, cfg.client_tls.server_credentials()) == 0:
+                raise ListenError(f"cannot listen on internal socket {tls_grpc.grpc_target}")
+            self._https_internal = InternalAddress("https")
+            self._https_context = cfg.client_tls.ssl_server_context()  # a bad key fails here, in one line
+        self.front = ClientFront(
+            front_socks,
+            internal.path,
+            self.client_api.protocol,
+            mode=self.mode,
+            http_path=self._http_internal.path if self._http_internal else None,
+            tls_sockets=tls_socks,
+            grpc_tls_path=tls_grpc.path if tls_grpc else None,
+            https_path=self._https_internal.path if self._https_internal else None,
+        )
+        self._bind_metrics()
+
+    def _bind_metrics(self) -> None:
+        cfg = self.server.cfg
         for url in cfg.listen_metrics_urls:
             host, port, _ = url_host_port(url, 2381)
             self._metrics_socks.append((url, bind_listeners(host, port)))
@@ -109,6 +133,11 @@ class Listeners:
         if self._http_internal is not None:
             sock = listen_unix(self._http_internal.path)
             self._servers.append(await loop.create_unix_server(self.client_api.protocol, sock=sock))
+        if self._https_internal is not None:
+            sock = listen_unix(self._https_internal.path)
+            self._servers.append(
+                await loop.create_unix_server(self.client_api.protocol, sock=sock, ssl=self._https_context)
+            )
         if self.front is not None:
             await self.front.start()
         tls = self.server.cfg.client_tls
@@ -122,10 +151,11 @@ class Listeners:
         cfg = self.server.cfg
         for url in cfg.listen_client_urls:
             secure = url.startswith("https://")
+            fronted = self.mode == "inproc" or (self.mode == "process" and not secure)
             self.log.info(
                 "serving client traffic securely" if secure else "serving client traffic insecurely",
-                extra={"fields": {"address": url, "http-endpoints": not secure and self.mode != "off",
-                                  "front": self.mode if not secure else "none"}},
+                extra={"fields": {"address": url, "http-endpoints": fronted,
+                                  "front": self.mode if fronted else "none"}},
             )
         for url in cfg.listen_metrics_urls:
             self.log.info("serving metrics", extra={"fields": {"address": url}})
