@@ -14,8 +14,14 @@ FROM ${BASE_IMAGE} AS builder
 # Only the venv leaves this stage: pip, its cache, build tools and sources stay behind.
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 RUN python3 -m venv /opt/etcdpy
+# Dependencies first, from pyproject.toml alone: this layer is reused while only the code changes.
+COPY pyproject.toml /src/pyproject.toml
+RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' \
+      >/tmp/requirements.txt \
+ && /opt/etcdpy/bin/pip install --quiet -r /tmp/requirements.txt
 COPY . /src
-RUN /opt/etcdpy/bin/pip install /src \
+RUN /opt/etcdpy/bin/pip install --quiet --no-deps /src \
+ && /opt/etcdpy/bin/pip check \
  && /opt/etcdpy/bin/pip uninstall --quiet --yes pip
 
 FROM ${BASE_IMAGE}
