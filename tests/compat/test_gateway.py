@@ -472,3 +472,25 @@ def test_auth_flow(fresh_member: Member) -> None:
     assert body_of(ok(m, "/v3/kv/range", {"key": b64("foo")}, headers=root), 2)["count"] == "1"
     assert body_of(ok(m, "/v3/auth/disable", {}, headers=root), 2) == {}
     assert body_of(ok(m, "/v3/kv/range", {"key": b64("foo")}), 2)["count"] == "1"
+
+
+def _handled(member: Member, method: str, code: str) -> float:
+    """grpc_server_handled_total for one KV method and code, from /metrics on the client URL."""
+    text = call(member, "/metrics", method="GET").body.decode()
+    want = {f'grpc_code="{code}"', f'grpc_method="{method}"', 'grpc_service="etcdserverpb.KV"',
+            'grpc_type="unary"'}
+    for line in text.splitlines():
+        if line.startswith("grpc_server_handled_total{"):
+            labels, _, value = line[len("grpc_server_handled_total{"):].rpartition("} ")
+            if want <= set(labels.split(",")):
+                return float(value)
+    return 0.0
+
+
+def test_gateway_calls_are_counted_as_grpc_calls(member: Member) -> None:
+    """etcd's gateway calls the gRPC server over loopback, so its calls show in the gRPC metrics."""
+    ok_before, bad_before = _handled(member, "Range", "OK"), _handled(member, "Range", "InvalidArgument")
+    ok(member, "/v3/kv/range", {"key": b64("/__gateway_probe__")})
+    error(member, "/v3/kv/range", {"key": ""})
+    assert _handled(member, "Range", "OK") >= ok_before + 1
+    assert _handled(member, "Range", "InvalidArgument") == bad_before + 1

@@ -107,6 +107,12 @@ class Method:
     def full_name(self) -> str:
         return f"/etcdserverpb.{self.service}/{self.name}"
 
+    @property
+    def metric_key(self) -> tuple[str, str, str]:
+        """(grpc_type, grpc_service, grpc_method) as grpc_server_started_total labels them."""
+        kind = {"unary": "unary", "server_stream": "server_stream", "bidi": "bidi_stream"}[self.kind]
+        return kind, f"etcdserverpb.{self.service}", self.name
+
 
 def _routes() -> dict[str, Method]:
     """Paths under the prefix, as etcd's rpc.proto binds them (aliases included)."""
@@ -384,6 +390,21 @@ class Gateway:
             "Auth": AuthService(server),
             "Watch": WatchService(server, server.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES),
         }
+        metrics = getattr(server, "metrics", None)
+        self.counters = getattr(metrics, "grpc", None)
+
+    def _started(self, method: Method) -> None:
+        """Count the call as gRPC's interceptor would: in etcd, gateway calls are gRPC calls over loopback."""
+        if self.counters is not None:
+            key = method.metric_key
+            self.counters.started[key] = self.counters.started.get(key, 0) + 1
+
+    def _handled(self, method: Method, code: grpc.StatusCode | None) -> None:
+        from etcdpy.api.grpcmetrics import CODE_NAMES
+
+        if self.counters is not None:
+            key = (*method.metric_key, "OK" if code is None else CODE_NAMES.get(code, "Unknown"))
+            self.counters.handled[key] = self.counters.handled.get(key, 0) + 1
 
     @staticmethod
     def owns(path: str) -> bool:
@@ -421,11 +442,17 @@ class Gateway:
             request = parse_unary(body, method.request)
         except BodyError as e:
             return json_error("INVALID_ARGUMENT", str(e))
+        self._started(method)
         try:
             await self._admin_check(method, ctx)
             resp = await self._handler(method)(request, ctx)
         except GatewayAbort as e:
+            self._handled(method, e.code)
             return json_error(e.code.name, e.details)
+        except asyncio.CancelledError:
+            self._handled(method, grpc.StatusCode.CANCELLED)
+            raise
+        self._handled(method, None)
         return Response(200, await encode_message(resp), JSON_CT, [GRPC_CONTENT_TYPE_HEADER])
 
     def _stream(self, method: Method, body: bytes, ctx: GatewayContext) -> Any:
@@ -441,7 +468,7 @@ class Gateway:
             code = "UNKNOWN" if method.kind == "bidi" else "INVALID_ARGUMENT"
             return json_error(code, str(e))
         resp = Response(200, b"", JSON_CT, [GRPC_CONTENT_TYPE_HEADER])
-        resp.stream = self._chunks(resp, self._messages(method, requests, ctx))
+        resp.stream = self._chunks(resp, method, self._messages(method, requests, ctx))
         return resp
 
     async def _messages(self, method: Method, requests: list[Message], ctx: GatewayContext) -> AsyncIterator[Message]:
@@ -475,23 +502,30 @@ class Gateway:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    async def _chunks(self, resp: Any, messages: AsyncIterator[Message]) -> AsyncIterator[bytes]:
+    async def _chunks(self, resp: Any, method: Method, messages: AsyncIterator[Message]) -> AsyncIterator[bytes]:
         """Each message as one ``{"result":...}\\n`` chunk; an abort as grpc-gateway's error chunk."""
         started = False
+        self._started(method)
         try:
             async for msg in messages:
                 started = True
                 yield b'{"result":' + await encode_message(msg) + b"}\n"
         except GatewayAbort as e:
+            self._handled(method, e.code)
             if not started:
                 resp.status = HTTP_STATUS_BY_CODE.get(e.code.name, 500)
                 resp.headers = [h for h in resp.headers if h != GRPC_CONTENT_TYPE_HEADER]
             yield stream_error_doc(e.code.name, e.details)
+            return
         except (asyncio.CancelledError, GeneratorExit):
+            self._handled(method, grpc.StatusCode.CANCELLED)
             raise
         except Exception as e:
+            self._handled(method, grpc.StatusCode.UNKNOWN)
             log.exception("gateway stream failed")
             yield stream_error_doc("UNKNOWN", str(e))
+            return
+        self._handled(method, None)
 
 
 async def _iterate(items: list[Message]) -> AsyncIterator[Message]:
