@@ -19,13 +19,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import etcd35
 import pytest
-from harness import Member, reserve_port, target
+from harness import Member, current_revision, reserve_port, target, wait_until
 
 SERVER_SRC = Path(__file__).resolve().parents[2] / "server"
 
@@ -218,3 +219,45 @@ def test_etcdpy_snapshot_save_verifies_and_writes_atomically(fresh_member: Membe
                      "--dial-timeout=500ms")
     assert res.returncode == 1 and res.stderr.startswith("Error: ") and res.stderr.count("\n") == 1, res.stderr
     assert sorted(os.listdir(tmp_path)) == ["ours.db", "theirs.db"]
+
+
+@runs_both
+def test_snapshot_under_writes_is_one_consistent_revision(new_member: Callable[..., Member], tmp_path: Path) -> None:
+    """Taken while a client writes: the restored store equals the source's store at exactly one revision."""
+    src = new_member("src", "etcdpy")
+    src.start()
+    client = src.grpc()
+    pb = client.pb
+    stop = threading.Event()
+
+    def write() -> None:
+        i = 0
+        while not stop.is_set():
+            client.kv.Txn(pb.TxnRequest(success=[
+                pb.RequestOp(request_put=pb.PutRequest(key=f"w/{(i + j) % 500:03d}".encode(), value=str(i).encode()))
+                for j in range(3)
+            ]))
+            i += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        snap = tmp_path / "busy.db"
+        wait_until(lambda: current_revision(src) >= 200, 30, "200 revisions written")
+        src.etcdctl("snapshot", "save", str(snap), json=False)
+    finally:
+        stop.set()
+        writer.join()
+    rev = _status([sys.executable, "-m", "etcdpy"], snap)["revision"]
+    assert 200 <= rev < current_revision(src)
+    dst = new_member("dst", "etcdpy")
+    _etcdpy(
+        "snapshot", "restore", str(snap), f"--name={dst.name}", f"--data-dir={dst.data_dir}",
+        f"--initial-cluster={dst.initial_cluster}", f"--initial-cluster-token={dst.initial_cluster_token}",
+        f"--initial-advertise-peer-urls={dst.peer_url}",
+    )
+    dst.start()
+    got = dst.etcdctl("get", "", "--prefix")
+    want = src.etcdctl("get", "", "--prefix", f"--rev={rev}")
+    assert got["header"]["revision"] == rev
+    assert got["kvs"] == want["kvs"]
