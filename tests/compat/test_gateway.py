@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from harness import Member, b64, target
+from harness import Member, b64, target, wait_until
 
 JSON_CT = "application/json"
 
@@ -494,3 +494,29 @@ def test_gateway_calls_are_counted_as_grpc_calls(member: Member) -> None:
     error(member, "/v3/kv/range", {"key": ""})
     assert _handled(member, "Range", "OK") >= ok_before + 1
     assert _handled(member, "Range", "InvalidArgument") == bad_before + 1
+
+
+def _watch_calls(member: Member) -> tuple[float, float]:
+    """(started, handled) Watch streams, summed over codes, from /metrics."""
+    text = call(member, "/metrics", method="GET").body.decode()
+    started = handled = 0.0
+    for line in text.splitlines():
+        if 'grpc_method="Watch"' not in line:
+            continue
+        if line.startswith("grpc_server_started_total{"):
+            started += float(line.rpartition(" ")[2])
+        elif line.startswith("grpc_server_handled_total{"):
+            handled += float(line.rpartition(" ")[2])
+    return started, handled
+
+
+def test_watch_ends_when_the_client_disconnects(member: Member, prefix: str) -> None:
+    """A watch has no end of its own: the server must notice the HTTP client leaving and end the stream."""
+    started0, handled0 = _watch_calls(member)
+    s = Stream(member, "/v3/watch", json.dumps({"create_request": {"key": b64(prefix)}}).encode())
+    try:
+        assert s.result()["created"] is True
+        assert _watch_calls(member)[0] >= started0 + 1
+    finally:
+        s.close()
+    wait_until(lambda: _watch_calls(member)[1] >= handled0 + 1, 30, "the watch stream to end after disconnect")
