@@ -361,3 +361,11 @@ def test_restore_json_output_for_scripts(source: Source, tmp_path: Path) -> None
     got = json.loads(out)
     assert got["dataDir"] == str(tmp_path / "j.etcd") and got["revision"] == source.rev
     assert int(got["memberId"], 16) == compute_member_id(["http://127.0.0.1:2"], "new-token")
+
+
+def test_conversion_child_failure_is_one_etcd_error(tmp_path: Path) -> None:
+    from etcdpy.errors import EtcdError
+    from etcdpy.server.maintenance import _convert_in_child
+
+    with pytest.raises(EtcdError, match="snapshot conversion failed"):
+        _convert_in_child(str(tmp_path / "no-such-checkpoint"), str(tmp_path / "out.db"), None)

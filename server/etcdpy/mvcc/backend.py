@@ -376,6 +376,13 @@ class SnapshotStream:
     def __init__(self, checkpoint_dir: str) -> None:
         self._dir: str | None = checkpoint_dir
 
+    @property
+    def path(self) -> str:
+        """The checkpoint directory (another process may read it until `close`)."""
+        if self._dir is None:
+            raise RuntimeError("snapshot stream is closed")
+        return self._dir
+
     def chunks(self, chunk_size: int = 32 * 1024) -> Iterator[bytes]:
         """The file's bytes in chunks of about `chunk_size` (for Maintenance.Snapshot)."""
         yield from _serialize(self.items(), chunk_size)

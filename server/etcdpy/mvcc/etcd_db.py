@@ -17,11 +17,17 @@ of the buckets, plus what etcd keeps in its backend and etcdpy keeps elsewhere:
 
 etcd creates all ten buckets when it starts, so a file written here has all ten
 even when some are empty.
+
+The conversion is pure Python and CPU-bound, so a server runs it in a child
+process (`python -m etcdpy.mvcc.etcd_db CHECKPOINT OUT`, the cluster state as
+JSON on stdin): a worker thread of the server would hold the GIL for most of
+it and slow every request while a big database is converted.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -71,6 +77,20 @@ class ClusterState:
     removed: list[int] = field(default_factory=list)
     voters: list[int] = field(default_factory=list)
     learners: list[int] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        """For the conversion child process."""
+        return json.dumps({
+            "members": [[m.id, m.name, m.peer_urls, m.client_urls, m.is_learner] for m in self.members],
+            "removed": self.removed, "voters": self.voters, "learners": self.learners,
+        }).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ClusterState:
+        d = json.loads(data)
+        members = [MemberRecord(int(i), n, list(p), list(c), bool(lr)) for i, n, p, c, lr in d["members"]]
+        return cls(members, [int(i) for i in d["removed"]], [int(i) for i in d["voters"]],
+                   [int(i) for i in d["learners"]])
 
     def extra_entries(self) -> dict[str, dict[bytes, bytes]]:
         """The entries etcdpy does not keep in its own backend, by bucket."""
@@ -124,3 +144,33 @@ def read_etcd_db(reader: BoltReader, skip: Iterable[str] = ()) -> Iterator[tuple
         for k, v in reader.items(name_b):
             if v is not None:
                 yield name, k, v
+
+
+def convert_checkpoint(checkpoint_dir: str, out_path: str, state: ClusterState | None) -> int:
+    """Write the etcd db of a RocksDB checkpoint (read-only) to `out_path`; returns its size."""
+    from etcdpy.mvcc.backend import SnapshotStream
+
+    stream = SnapshotStream(checkpoint_dir)  # not closed here: the checkpoint belongs to the caller
+    with open(out_path, "wb") as f:
+        n = write_etcd_db(stream.items(), f, state)
+        f.truncate(n)
+    return n
+
+
+def main(argv: list[str]) -> int:
+    """`python -m etcdpy.mvcc.etcd_db CHECKPOINT OUT` (ClusterState JSON on stdin): prints the size."""
+    if len(argv) != 2:
+        sys.stderr.write("usage: python -m etcdpy.mvcc.etcd_db CHECKPOINT_DIR OUT_FILE < cluster-state.json\n")
+        return 2
+    raw = sys.stdin.buffer.read()
+    try:
+        n = convert_checkpoint(argv[0], argv[1], ClusterState.from_json(raw) if raw.strip() else None)
+    except Exception as e:  # noqa: BLE001 - one line for the parent, whatever failed
+        sys.stderr.write(f"{type(e).__name__}: {e}\n")
+        return 1
+    print(n)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

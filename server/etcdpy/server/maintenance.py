@@ -24,15 +24,18 @@ HashKV, `peer_hashes` returns nothing and the check finds nothing; an operator
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
 from etcdpy import errors
-from etcdpy.mvcc.etcd_db import ClusterState, MemberRecord, write_etcd_db
+from etcdpy.mvcc.etcd_db import ClusterState, MemberRecord, convert_checkpoint
 from etcdpy.pb import raft_internal_pb2, rpc_pb2
 from etcdpy.raft.types import NONE
 from etcdpy.server.alarm import CORRUPT, NOSPACE, AlarmApplier, AlarmStore, alarm_string
@@ -234,6 +237,26 @@ class MaintenanceOps:
         self.log.info("leadership transfer finished", extra={"fields": {"new-leader-member-id": f"{target:x}"}})
 
 
+def _convert_in_child(checkpoint: str, out: str, state: ClusterState | None) -> int:
+    """Run the conversion in a child Python (same interpreter and etcdpy); return the file size."""
+    import etcdpy
+
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(etcdpy.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH", "")]))
+    r = subprocess.run(
+        [sys.executable, "-m", "etcdpy.mvcc.etcd_db", checkpoint, out],
+        input=state.to_json() if state is not None else b"", capture_output=True, env=env, check=False,
+    )
+    if r.returncode != 0:
+        last = (r.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+        raise errors.EtcdError(f"etcdserver: snapshot conversion failed: {last}")
+    n = int(r.stdout.decode().strip() or 0)
+    if n <= 0 or n != os.path.getsize(out) or n % SNAPSHOT_ALIGN:
+        raise errors.EtcdError("etcdserver: snapshot conversion produced a bad file")
+    return n
+
+
 class SnapshotSender:
     """One Maintenance.Snapshot stream: spooled snapshot bytes, then the sha256 of all of them."""
 
@@ -243,25 +266,28 @@ class SnapshotSender:
 
     @classmethod
     def prepare(cls, kv: KVStore, spool_dir: str, state: ClusterState | None = None) -> SnapshotSender:
-        """Blocking: checkpoint the backend and write it as etcd's bbolt database to a temp file.
+        """Blocking: checkpoint the backend and convert it to etcd's bbolt database in a spool file.
 
         The checkpoint is one consistent point of the store (every applied batch or
-        none of it); the conversion reads the checkpoint, not the live store, so the
-        loop keeps applying meanwhile. A bbolt file is whole pages, so its size is a
-        multiple of SNAPSHOT_ALIGN, as etcdctl expects.
+        none of it), taken here in a moment; the conversion reads the checkpoint, not
+        the live store, in a child process (`etcdpy.mvcc.etcd_db`), so neither the
+        loop nor the GIL is held while a big database is converted. A bbolt file is
+        whole pages, so its size is a multiple of SNAPSHOT_ALIGN, as etcdctl expects.
+        The spool file is unlinked once open and disappears with the sender.
         """
         stream = kv.open_snapshot()
-        f = tempfile.TemporaryFile(dir=spool_dir if os.path.isdir(spool_dir) else None)
+        fd, spool = tempfile.mkstemp(prefix=".snapshot-", suffix=".db", dir=spool_dir if os.path.isdir(spool_dir) else None)
+        os.close(fd)
         try:
-            n = write_etcd_db(stream.items(), f, state)
-            f.truncate(n)
-            f.flush()
-            f.seek(0)
-        except BaseException:
-            f.close()
-            raise
+            if os.environ.get("ETCDPY_SNAPSHOT_CONVERT") == "thread":  # in this process (measurements, debugging)
+                n = convert_checkpoint(stream.path, spool, state)
+            else:
+                n = _convert_in_child(stream.path, spool, state)
+            f = open(spool, "rb")  # noqa: SIM115 - owned by the sender, closed by close()
         finally:
             stream.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(spool)
         return cls(f, n)
 
     async def responses(self) -> AsyncIterator[rpc_pb2.SnapshotResponse]:
