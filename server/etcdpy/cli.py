@@ -280,7 +280,7 @@ def config_from_args(argv: list[str], environ: dict[str, str] | None = None) -> 
 
 async def serve(cfg: ServerConfig, log: logging.Logger) -> int:
     """Bind the listeners, start the member, serve until SIGTERM/SIGINT, then stop gracefully."""
-    from etcdpy.api.grpcserver import ListenError
+    from etcdpy.api.grpcserver import ListenError, check_bindable
     from etcdpy.api.listeners import Listeners
     from etcdpy.server.etcdserver import EtcdServer, StartupError
 
@@ -288,8 +288,13 @@ async def serve(cfg: ServerConfig, log: logging.Logger) -> int:
     listeners = Listeners(server, log)
     try:
         listeners.bind()
+        # Peer ports too, before the data dir is touched: a start that cannot listen leaves nothing.
+        for url in cfg.listen_peer_urls:
+            host, port, _ = url_host_port(url, 2380)
+            check_bindable(host, port)
     except (ListenError, ValueError) as e:
         sys.stderr.write(f"etcdpy: {e}\n")
+        await listeners.stop(None)
         return 1
     try:
         await server.start()

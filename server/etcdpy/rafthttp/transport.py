@@ -213,11 +213,15 @@ class Transport:
             tls = self.tls if self.tls is not None else TLSInfo(flag_prefix="peer-")
             tls.check(self.listen_urls, "peer")  # etcd's one-line errors (TLSConfigError)
             server_creds = tls.server_credentials()
+        from etcdpy.api.grpcserver import check_bindable  # here: the api package imports the server
+
         server = grpc.aio.server(options=server_options(self.options))
         peer_pb2_grpc.add_PeerServicer_to_server(PeerService(self), server)
         for url in self.listen_urls:
             target = grpc_target(url)
             scheme = "https" if is_tls_url(url) else "http"
+            host_part, _, port_part = target.rpartition(":")
+            check_bindable(host_part.strip("[]"), int(port_part))  # one line, before gRPC core logs its own
             try:
                 if server_creds is not None and scheme == "https":
                     port = server.add_secure_port(target, server_creds)

@@ -68,7 +68,7 @@ from etcdpy.server.raftnode import RaftNode
 from etcdpy.server.wait import Wait, WaitTime
 from etcdpy.snap import Snapshotter
 from etcdpy.tlsutil import TLSConfigError, TLSInfo
-from etcdpy.wal import WAL, WalSnapshot, valid_snapshot_entries
+from etcdpy.wal import WAL, WalError, WalSnapshot, valid_snapshot_entries
 from etcdpy.watch import WatchableStore
 
 READ_INDEX_RETRY_SECONDS = 0.5
@@ -143,7 +143,7 @@ class EtcdServer:
             raise StartupError(f"cannot access data directory {cfg.data_dir!r}: {e.strerror}") from e
         if not os.access(cfg.data_dir, os.W_OK):
             raise StartupError(f"cannot access data directory {cfg.data_dir!r}: permission denied")
-        self.kv = KVStore(cfg.backend_path)
+        self.kv = self._open_kv()
         self._install_pending_snapshot_db()
         # watch: notified by the KV store of every committed write txn; its sync/victim loops start here.
         self.watchable = WatchableStore(self.kv, logger=self.log)
@@ -155,7 +155,10 @@ class EtcdServer:
         self.auth_store = self._open_auth_store(self.kv)
         peers: dict[int, list[str]]
         if WAL.exists(cfg.wal_dir):
-            node, storage, wal, snapshotter = self._restart()
+            try:
+                node, storage, wal, snapshotter = self._restart()
+            except WalError as e:
+                raise StartupError(f"cannot read the WAL in {cfg.wal_dir!r} (written by etcd, or damaged): {e}") from e
             if not cfg.force_new_cluster:  # the others are being dropped: their cluster id does not matter
                 await self._check_cluster_id_with_peers()
             peers = {m.id: m.peer_urls for m in self.cluster.members.values()}
@@ -198,6 +201,28 @@ class EtcdServer:
         revoker = ExpiredLeaseRevoker(self.lessor, self._propose_lease_revoke, self.log)
         self._tasks.append(asyncio.create_task(revoker.run(), name="lease-revoker"))
         self._tasks.extend(self.maintenance.tasks())  # the auto-compactor (leader-only), if configured
+
+    def _open_kv(self) -> KVStore:
+        """Open the backend; a data dir of etcd's or one in use becomes one line, not a traceback.
+
+        Why check the file type first: etcd's backend is one bbolt file at member/snap/db where
+        etcdpy keeps a RocksDB directory, and RocksDB's own complaint ("File exists") says nothing.
+        """
+        cfg = self.cfg
+        if os.path.isfile(cfg.backend_path):
+            raise StartupError(
+                f"data directory {cfg.data_dir!r} was written by etcd (member/snap/db is a bbolt file), which "
+                "etcdpy cannot run on; move the data with 'etcdctl snapshot save' and 'etcdpy snapshot restore'"
+            )
+        try:
+            return KVStore(cfg.backend_path)
+        except Exception as e:  # noqa: BLE001 - rocksdict raises bare Exception; any failure here ends the start
+            text = str(e)
+            if "lock" in text.lower():
+                raise StartupError(
+                    f"data directory {cfg.data_dir!r} is in use by another process (its backend is locked)"
+                ) from None
+            raise StartupError(f"cannot open the backend {cfg.backend_path!r}: {text}") from None
 
     def _on_raft_loop_exit(self, task: asyncio.Task[None]) -> None:
         """The raft loop only ends when the server stops; anything else is fatal (etcd panics).
