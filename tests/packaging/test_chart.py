@@ -115,6 +115,19 @@ def test_helm_lint_strict(tools: Path, values: Path | None) -> None:
     assert "0 chart(s) failed" in p.stdout, p.stdout + p.stderr
 
 
+def test_chart_packages_with_its_schema_and_crds(tools: Path, tmp_path: Path) -> None:
+    """`helm package` works and the archive carries values.schema.json and every CRD."""
+    import tarfile
+
+    helm(tools, "package", str(CHART), "--destination", str(tmp_path))
+    (archive,) = tmp_path.glob("etcdpy-operator-*.tgz")
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    wanted = {"etcdpy-operator/values.schema.json", "etcdpy-operator/templates/NOTES.txt"}
+    wanted |= {f"etcdpy-operator/crds/{p.name}" for p in (CHART / "crds").glob("*.yaml")}
+    assert wanted <= names, sorted(wanted - names)
+
+
 @pytest.mark.parametrize("values", VALUE_SETS, ids=VALUE_IDS)
 def test_rendered_objects_validate_strictly(tools: Path, values: Path | None, tmp_path: Path) -> None:
     docs = render(tools, values, crds=True)
