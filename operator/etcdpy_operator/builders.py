@@ -174,6 +174,9 @@ def _env() -> list[dict[str, Any]]:
         field("POD_NAME", "metadata.name"),
         field("POD_NAMESPACE", "metadata.namespace"),
         field("POD_IP", "status.podIP"),
+        # The system resolver sees a new member's DNS record as soon as it exists; gRPC's bundled
+        # c-ares resolver may keep a stale answer for a name that appeared after MemberAdd.
+        {"name": "GRPC_DNS_RESOLVER", "value": "native"},
     ]
 
 

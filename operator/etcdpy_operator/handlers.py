@@ -13,6 +13,11 @@ from etcdpy_operator.reconcile import Runtime, run_cluster
 def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     """Register the handlers on `registry` (no global registry, so tests can build their own)."""
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # A private registry does not get kopf's default login handlers; use the client's own config.
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         # kopf's bookkeeping in annotations: the status schema is ours and would prune status.kopf.

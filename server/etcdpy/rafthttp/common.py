@@ -103,6 +103,9 @@ def channel_options(opts: TransportOptions) -> list[tuple[str, int]]:
         ("grpc.initial_reconnect_backoff_ms", int(opts.backoff_initial * 1000)),
         ("grpc.min_reconnect_backoff_ms", int(opts.backoff_initial * 1000)),
         ("grpc.max_reconnect_backoff_ms", backoff_max),
+        # A new member's DNS name (Kubernetes: its Pod's record) appears only after MemberAdd
+        # told the leader about it; gRPC would otherwise wait 30 s before resolving it again.
+        ("grpc.dns_min_time_between_resolutions_ms", 1000),
         # Streams and snapshots get separate channels; without a local subchannel pool gRPC
         # would put them on one TCP connection and a snapshot would delay heartbeats.
         ("grpc.use_local_subchannel_pool", 1),

@@ -59,8 +59,9 @@ def test_pod_container_flags() -> None:
     assert args["--initial-cluster-state"] == "existing"
     assert args["--initial-cluster-token"] == "tok-1"
     assert args["--data-dir"].startswith("/var/lib/etcd")
-    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"]}
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"] if "valueFrom" in e}
     assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace", "POD_IP": "status.podIP"}
+    assert {"name": "GRPC_DNS_RESOLVER", "value": "native"} in c["env"]
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 2381}
     assert "livenessProbe" not in c
     assert pod["metadata"]["annotations"][ANN_STATE] == "existing"
