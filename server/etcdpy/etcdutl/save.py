@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import dataclass
 
-import grpc
+import grpc  # type: ignore[import-untyped]
 
 from etcdpy.etcdutl.snapshot_file import (
     SHA_LEN,
