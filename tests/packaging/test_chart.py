@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -286,7 +287,7 @@ def test_crd_validation_refuses_bad_examples(change: Any, where: str, cluster_va
 
 
 def test_chart_crds_and_manifests_are_in_sync(tools: Path) -> None:
-    p = subprocess.run([str(ROOT / "scripts" / "gen-manifests"), "--check"], check=False, capture_output=True,
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen-manifests"), "--check"], check=False, capture_output=True,
                        text=True, timeout=300)
     assert p.returncode == 0, "run scripts/gen-manifests:\n" + p.stdout[-3000:] + p.stderr
 

@@ -53,7 +53,7 @@ def test_pytest_arguments_after_double_dash_are_passed_through() -> None:
     p = run("--print-pytest-command", "--", "-k", "scale and not tls", "-x")
     assert p.returncode == 0, p.stderr
     argv = shlex.split(p.stdout)
-    assert argv[:4] == ["python3", "-m", "pytest", "e2e/"]
+    assert Path(argv[0]).name.startswith("python") and argv[1:4] == ["-m", "pytest", "e2e/"]
     assert any(a.startswith("--kubeconfig=/") and a.endswith("/kubeconfig") for a in argv)
     assert argv[-3:] == ["-k", "scale and not tls", "-x"]
 
@@ -85,7 +85,6 @@ def test_runner_selects_the_same_scenarios_as_the_default_e2e_run() -> None:
     if not any((ROOT / "e2e").rglob("test_*.py")):
         pytest.skip("no e2e/ scenario suite in this tree yet (op-e2e's issue lands it)")
     runner_argv = shlex.split(run("--print-pytest-command").stdout)
-    assert runner_argv[0] == "python3"
     default = collected(["python3", "-m", "pytest", "e2e/"])
     assert default, "the default e2e run collects no scenarios"
     assert collected(runner_argv) == default
