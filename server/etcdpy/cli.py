@@ -130,6 +130,14 @@ def _compaction_retention(value: str) -> str:
     return value
 
 
+def _grpc_server(value: str) -> str:
+    from etcdpy.api.grpcbackend import BACKENDS
+
+    if value.strip().lower() not in BACKENDS:
+        raise argparse.ArgumentTypeError(f"invalid value {value!r} (want one of {', '.join(BACKENDS)})")
+    return value.strip().lower()
+
+
 def _cluster_state(value: str) -> str:
     if value not in ("new", "existing"):
         raise argparse.ArgumentTypeError(f"invalid value {value!r} (want 'new' or 'existing')")
@@ -180,6 +188,7 @@ FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
         DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
         "duration of periodic watch progress notifications (Go duration, e.g. 10m, 500ms)",
     ),
+    ("experimental-grpc-server", _grpc_server, "", "client-port gRPC server: native or grpcio ($ETCDPY_GRPC_SERVER)"),
 ]
 
 
@@ -275,6 +284,7 @@ def config_from_args(argv: list[str], environ: dict[str, str] | None = None) -> 
         watch_progress_notify_interval=v["experimental_watch_progress_notify_interval"]
         if v["experimental_watch_progress_notify_interval"] > 0
         else DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
+        grpc_server=v["experimental_grpc_server"],
     )
 
 
@@ -303,6 +313,9 @@ async def serve(cfg: ServerConfig, log: logging.Logger) -> int:
         await listeners.stop(None)
         return 1
     await listeners.start()
+    from etcdpy.gctuning import tune_after_startup
+
+    tune_after_startup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -53,6 +53,7 @@ class ServerConfig:
     peer_trusted_ca_file: str = ""
     peer_client_cert_auth: bool = False
     watch_progress_notify_interval: float = DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL  # seconds
+    grpc_server: str = ""  # --experimental-grpc-server: native | grpcio; "" = $ETCDPY_GRPC_SERVER or default
 
     def __post_init__(self) -> None:
         if not self.data_dir:

@@ -99,8 +99,24 @@ def test_markdown_report_and_request_budget(capsys: pytest.CaptureFixture[str], 
     text = capsys.readouterr().out
     assert "| workload | target | ops/s |" in text
     line = next(ln for ln in text.splitlines() if ln.startswith("| put | etcd |"))
-    assert line.split("|")[8].strip() == "0"  # errors column
+    assert line.split("|")[9].strip() == "0"  # errors column
+    assert "CPU µs/op" in text
+    float(line.split("|")[8].strip().replace(",", ""))  # server CPU per request: a number, not "-"
     assert "load average" in text
+
+
+def test_process_cpu_seconds_reads_proc_stat() -> None:
+    """The CPU column's source: this process's own utime + stime grows as it burns CPU."""
+    import os
+
+    from etcdpy.bench.targets import process_cpu_seconds, process_tree_cpu_seconds
+
+    before = process_cpu_seconds(os.getpid())
+    x = 0
+    while process_cpu_seconds(os.getpid()) - before < 0.05:
+        x += sum(range(1000))
+    assert process_tree_cpu_seconds(os.getpid()) >= process_cpu_seconds(os.getpid()) > before
+    assert process_cpu_seconds(2**22 + 12345) == 0.0  # gone: no error
 
 
 def test_unstartable_target_is_reported_not_raised(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

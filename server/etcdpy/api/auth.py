@@ -332,8 +332,17 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or (method not in MAINTENANCE_ADMIN_METHODS and method not in CLUSTER_ADMIN_METHODS):
+        if handler is None:
+            return handler
+        return self.guard(handler_call_details.method, handler)
+
+    def guard(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """`handler` itself, or guarded by the root check if `method` is root-only.
+
+        Also used once per method at registration (`etcdpy.api.grpcbackend`), so that no
+        interceptor runs on every call of every method.
+        """
+        if method not in MAINTENANCE_ADMIN_METHODS and method not in CLUSTER_ADMIN_METHODS:
             return handler
         return _guarded(handler, self._checker(method in MAINTENANCE_ADMIN_METHODS))
 

@@ -378,7 +378,7 @@ class ClientFront:
         read_end, write_end = os.pipe()
         fds = [s.fileno() for s in self.sockets]
         argv = [sys.executable, "-m", "etcdpy.api.cmux", "--lifeline", str(read_end),
-                "--grpc", self.grpc_path[1:], "--http", self.http_path[1:]]
+                "--grpc", socket_arg(self.grpc_path), "--http", socket_arg(self.http_path)]
         for fd in fds:
             argv += ["--fd", str(fd)]
         env = dict(os.environ)
@@ -415,10 +415,20 @@ class ClientFront:
 # --------------------------------------------------------------------------- the front process
 
 
+def socket_arg(path: str) -> str:
+    """A unix socket address as a command-line word: ``@name`` for an abstract one."""
+    return "@" + path[1:] if path.startswith("\0") else path
+
+
+def socket_path(arg: str) -> str:
+    """The inverse of `socket_arg`."""
+    return "\0" + arg[1:] if arg.startswith("@") else arg
+
+
 async def _run_front_process(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
-    grpc_route = Route(unix_path="\0" + args.grpc)
-    http_route = Route(unix_path="\0" + args.http)
+    grpc_route = Route(unix_path=socket_path(args.grpc))
+    http_route = Route(unix_path=socket_path(args.http))
     servers = []
     for fd in args.fd:
         sock = socket.socket(fileno=fd)
@@ -435,8 +445,8 @@ async def _run_front_process(args: argparse.Namespace) -> None:
 def run_front_process(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m etcdpy.api.cmux", description="etcdpy client-port relay")
     p.add_argument("--fd", type=int, action="append", required=True, help="listening socket fd (repeatable)")
-    p.add_argument("--grpc", required=True, help="abstract unix socket name of the gRPC server")
-    p.add_argument("--http", required=True, help="abstract unix socket name of the HTTP endpoints")
+    p.add_argument("--grpc", required=True, help="unix socket of the gRPC server (@name: abstract)")
+    p.add_argument("--http", required=True, help="unix socket of the HTTP endpoints (@name: abstract)")
     p.add_argument("--lifeline", type=int, required=True, help="pipe fd whose EOF means: exit")
     args = p.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
@@ -26,15 +27,9 @@ class ListenError(Exception):
     """A listen address could not be bound (port in use, bad address)."""
 
 
-def build_grpc_server(
-    server: EtcdServer,
-    *,
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-    bind_client_urls: bool = True,
-) -> grpc.aio.Server:
-    """Every v3 service; bound to the client URLs unless the caller (api.listeners) binds itself."""
-    cfg = server.cfg
-    options = [
+def grpc_options(cfg: ServerConfig) -> list[tuple[str, Any]]:
+    """The client-port server options (the same for every backend)."""
+    return [
         # Without this two servers could share a port silently (gRPC sets SO_REUSEPORT by default).
         ("grpc.so_reuseport", 0),
         ("grpc.max_receive_message_length", cfg.max_request_bytes + GRPC_OVERHEAD_BYTES),
@@ -43,8 +38,11 @@ def build_grpc_server(
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 5000),
     ]
-    # AdminInterceptor: root-only Maintenance/Cluster RPCs while auth is enabled.
-    g = grpc.aio.server(options=options, interceptors=[*interceptors, AdminInterceptor(server)])
+
+
+def register_services(server: EtcdServer, g: Any) -> None:
+    """Add every v3 service to `g`: a gRPC server, or a `ServiceRegistry` standing in for one."""
+    cfg = server.cfg
     rpc_pb2_grpc.add_KVServicer_to_server(KVService(server), g)
     rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(server), g)
     rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(server), g)
@@ -52,13 +50,30 @@ def build_grpc_server(
     rpc_pb2_grpc.add_AuthServicer_to_server(AuthService(server), g)
     # Watch writes pre-encoded responses, so it registers its own (pass-through) handler.
     WatchService(server, cfg.max_request_bytes + GRPC_OVERHEAD_BYTES).add_to_server(g)
+
+
+def build_grpc_server(
+    server: EtcdServer,
+    *,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    bind_client_urls: bool = True,
+) -> grpc.aio.Server:
+    """A grpc.aio server with every v3 service and `interceptors`; bound to the client URLs unless not asked.
+
+    The member itself uses `etcdpy.api.listeners` (no interceptors, either backend); this is
+    the simple form for tools and tests.
+    """
+    cfg = server.cfg
+    # AdminInterceptor: root-only Maintenance/Cluster RPCs while auth is enabled.
+    g = grpc.aio.server(options=grpc_options(cfg), interceptors=[*interceptors, AdminInterceptor(server)])
+    register_services(server, g)
     if bind_client_urls:
         for url in cfg.listen_client_urls:
             bind_client_url(g, cfg, url)
     return g
 
 
-def bind_client_url(g: grpc.aio.Server, cfg: ServerConfig, url: str) -> None:
+def bind_client_url(g: Any, cfg: ServerConfig, url: str) -> None:
     """Listen on one client URL: plain for http://, with --cert-file/--key-file for https://."""
     from etcdpy.tlsutil import TLSConfigError
 

@@ -13,6 +13,10 @@ The layout, per --listen-client-urls entry:
   ``ETCDPY_CLIENT_FRONT=off`` or ``=process``, gRPC binds an https port itself
   and serves no HTTP there (use --listen-metrics-urls for /health and /metrics).
 
+The gRPC server is grpcio's or pygrpc-native's (`etcdpy.api.grpcbackend`); the native one
+has no TLS and takes one port, so the TLS port (and, without a front, any second plain
+URL) then goes to a grpcio server with the same services.
+
 Each --listen-metrics-urls entry is a small HTTP(S) server with /metrics, /health,
 /livez and /readyz (not /version: etcd's metrics listener has none either).
 
@@ -24,16 +28,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 import socket
 import ssl
+import tempfile
 from typing import Any
 
 import grpc
 
 from etcdpy import ETCD_CLUSTER_VERSION, ETCD_VERSION
+from etcdpy.api.auth import AdminInterceptor
 from etcdpy.api.cmux import BindError, ClientFront, InternalAddress, bind_listeners, front_mode, listen_unix
-from etcdpy.api.grpcmetrics import MetricsInterceptor
-from etcdpy.api.grpcserver import ListenError, bind_client_url, build_grpc_server
+from etcdpy.api.grpcbackend import DEFAULT_BACKEND, ServiceRegistry, new_server, resolve_backend
+from etcdpy.api.grpcmetrics import counted_handler
+from etcdpy.api.grpcserver import ListenError, bind_client_url, grpc_options, register_services
 from etcdpy.api.http import EtcdHttpApi
 from etcdpy.config import url_host_port
 from etcdpy.metrics import build_registry
@@ -43,14 +52,22 @@ from etcdpy.tlsutil import TLSConfigError
 class Listeners:
     """Binds, starts and stops the gRPC server, the client-port front and the metrics listeners."""
 
-    def __init__(self, server: Any, logger: logging.Logger | None = None, mode: str | None = None) -> None:
+    def __init__(
+        self, server: Any, logger: logging.Logger | None = None, mode: str | None = None, backend: str | None = None
+    ) -> None:
         self.server = server
         self.log = logger or logging.getLogger("etcdpy")
         self.mode = mode or front_mode()
+        self.backend_flag = backend
+        self.backend = DEFAULT_BACKEND
         self.registry = build_registry(server, ETCD_VERSION, ETCD_CLUSTER_VERSION)
         self.client_api = EtcdHttpApi(server, self.registry, kind="client")
         self.metrics_api = EtcdHttpApi(server, self.registry, kind="metrics")
         self.grpc: grpc.aio.Server | None = None
+        self.grpc_tls: grpc.aio.Server | None = None
+        """A grpcio server for what the native one cannot serve (TLS, a second port); None if unneeded."""
+        self._services: ServiceRegistry | None = None
+        self._socket_dir: str | None = None
         self.front: ClientFront | None = None
         self._http_internal: InternalAddress | None = None
         self._https_internal: InternalAddress | None = None
@@ -69,40 +86,45 @@ class Listeners:
             self._release_sockets()
             raise
 
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """Per method, once: the root-only guard inside, the grpc_server_* counters outside."""
+        return counted_handler(self.server.metrics.grpc, method, self._admin.guard(method, handler))
+
     def _bind(self) -> None:
         cfg = self.server.cfg
         cfg.client_tls.check(cfg.listen_client_urls, "client")
         cfg.client_tls.check(cfg.listen_metrics_urls, "metrics")
-        self.grpc = build_grpc_server(
-            self.server, interceptors=[MetricsInterceptor(self.server.metrics.grpc)], bind_client_urls=False
-        )
+        self.backend = resolve_backend(self.backend_flag or getattr(cfg, "grpc_server", "") or None)
+        self._admin = AdminInterceptor(self.server)
+        self._services = ServiceRegistry(self._wrap)
+        register_services(self.server, self._services)
         front_socks: list[socket.socket] = []
         tls_socks: list[socket.socket] = []
         for url in cfg.listen_client_urls:
             host, port, scheme = url_host_port(url, 2379)
             if self.mode == "off" or (scheme == "https" and self.mode != "inproc"):
-                bind_client_url(self.grpc, cfg, url)
+                bind_client_url(self._grpc_for(scheme), cfg, url)
             elif scheme == "https":
                 tls_socks += bind_listeners(host, port)
             else:
                 front_socks += bind_listeners(host, port)
         if not front_socks and not tls_socks:
             return self._bind_metrics()
-        internal = InternalAddress("grpc")
-        if front_socks and self.grpc.add_insecure_port(internal.grpc_target) == 0:
-            raise ListenError(f"cannot listen on internal socket {internal.grpc_target}")
+        grpc_target = self._internal_grpc_target() if front_socks else ""
+        if front_socks and self._grpc_for("http").add_insecure_port(grpc_target) == 0:
+            raise ListenError(f"cannot listen on internal socket {grpc_target}")
         if self.mode == "process":
             self._http_internal = InternalAddress("http")
         tls_grpc = None
         if tls_socks:
             tls_grpc = InternalAddress("grpc-tls")
-            if self.grpc.add_secure_port(tls_grpc.grpc_target, cfg.client_tls.server_credentials()) == 0:
+            if self._grpc_for("https").add_secure_port(tls_grpc.grpc_target, cfg.client_tls.server_credentials()) == 0:
                 raise ListenError(f"cannot listen on internal socket {tls_grpc.grpc_target}")
             self._https_internal = InternalAddress("https")
             self._https_context = cfg.client_tls.ssl_server_context()  # a bad key fails here, in one line
         self.front = ClientFront(
             front_socks,
-            internal.path,
+            _unix_path(grpc_target),
             self.client_api.protocol,
             mode=self.mode,
             http_path=self._http_internal.path if self._http_internal else None,
@@ -111,6 +133,31 @@ class Listeners:
             https_path=self._https_internal.path if self._https_internal else None,
         )
         self._bind_metrics()
+
+    def _grpc_for(self, scheme: str) -> grpc.aio.Server:
+        """The server a listener goes to: the main one, unless it is native and cannot take it.
+
+        pygrpc-native has no TLS and one port per server; what it cannot serve goes to a
+        grpcio server with the same (already wrapped) services.
+        """
+        assert self._services is not None
+        if self.backend != "native" or (scheme != "https" and self.grpc is None):
+            if self.grpc is None:
+                self.grpc = new_server(self.backend, grpc_options(self.server.cfg))
+                self._services.add_to(self.grpc)
+            return self.grpc
+        if self.grpc_tls is None:
+            self.grpc_tls = new_server("grpcio", grpc_options(self.server.cfg))
+            self._services.add_to(self.grpc_tls)
+        return self.grpc_tls
+
+    def _internal_grpc_target(self) -> str:
+        """Where the front relays plain gRPC: an abstract socket for grpcio; a socket file in a
+        private directory for pygrpc-native (it binds no abstract names)."""
+        if self.backend != "native":
+            return InternalAddress("grpc").grpc_target
+        self._socket_dir = tempfile.mkdtemp(prefix="etcdpy-grpc-")
+        return "unix:" + os.path.join(self._socket_dir, "grpc.sock")
 
     def _bind_metrics(self) -> None:
         cfg = self.server.cfg
@@ -124,11 +171,15 @@ class Listeners:
             socks += self.front.sockets
         for s in socks:
             s.close()
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
 
     async def start(self) -> None:
         """Start serving: gRPC first, so the front never relays to a socket nobody listens on."""
-        assert self.grpc is not None
-        await self.grpc.start()
+        for g in (self.grpc, self.grpc_tls):
+            if g is not None:
+                await g.start()
         loop = asyncio.get_running_loop()
         if self._http_internal is not None:
             sock = listen_unix(self._http_internal.path)
@@ -155,7 +206,8 @@ class Listeners:
             self.log.info(
                 "serving client traffic securely" if secure else "serving client traffic insecurely",
                 extra={"fields": {"address": url, "http-endpoints": fronted,
-                                  "front": self.mode if fronted else "none"}},
+                                  "front": self.mode if fronted else "none",
+                                  "grpc-server": "grpcio" if secure else self.backend}},
             )
         for url in cfg.listen_metrics_urls:
             self.log.info("serving metrics", extra={"fields": {"address": url}})
@@ -166,7 +218,14 @@ class Listeners:
             await self.front.close()
         for srv in self._servers:
             srv.close()
-        if self.grpc is not None:
-            await self.grpc.stop(grace)
+        stopping = [g.stop(grace) for g in (self.grpc, self.grpc_tls) if g is not None]
+        if stopping:
+            await asyncio.gather(*stopping)
         self._servers = []
         self._release_sockets()  # those never handed to a server (stopped before start)
+
+
+def _unix_path(target: str) -> str:
+    """A gRPC unix target as a socket address: ``unix-abstract:n`` is ``\\0n``, ``unix:p`` is ``p``."""
+    scheme, _, rest = target.partition(":")
+    return "\0" + rest if scheme == "unix-abstract" else rest

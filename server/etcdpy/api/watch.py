@@ -331,17 +331,16 @@ class WatchService:
         return base + self._rng.uniform(0, base / 10)
 
     def add_to_server(self, g: grpc.aio.Server) -> None:
-        handler = grpc.method_handlers_generic_handler(
-            "etcdserverpb.Watch",
-            {
-                "Watch": grpc.stream_stream_rpc_method_handler(
-                    self.Watch,
-                    request_deserializer=rpc_pb2.WatchRequest.FromString,
-                    response_serializer=_serialize,
-                )
-            },
-        )
-        g.add_generic_rpc_handlers((handler,))
+        handlers = {
+            "Watch": grpc.stream_stream_rpc_method_handler(
+                self.Watch,
+                request_deserializer=rpc_pb2.WatchRequest.FromString,
+                response_serializer=_serialize,
+            )
+        }
+        # Both forms, as generated code registers: servers look registered methods up first.
+        g.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("etcdserverpb.Watch", handlers),))
+        g.add_registered_method_handlers("etcdserverpb.Watch", handlers)
 
     async def Watch(self, requests: AsyncIterator[rpc_pb2.WatchRequest], context: grpc.aio.ServicerContext) -> None:
         server = self.server

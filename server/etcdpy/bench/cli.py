@@ -18,6 +18,7 @@ from etcdpy.bench.report import Report, filesystem_of, machine_info
 from etcdpy.bench.runner import Log, Measurement, RunConfig, preload, preload_prefix, run_workload
 from etcdpy.bench.targets import (
     DEFAULT_ETCD_BIN,
+    KINDS,
     LocalCluster,
     Target,
     TargetError,
@@ -28,7 +29,7 @@ from etcdpy.bench.targets import (
 )
 from etcdpy.bench.workloads import PRELOADED, WORKLOADS
 
-KNOWN_TARGETS = ("etcd", "etcdpy")
+KNOWN_TARGETS = KINDS
 
 
 def _csv(text: str) -> list[str]:
@@ -42,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare etcdpy with etcd under the same load; reports ratios etcdpy / etcd.",
         epilog="workloads: " + "; ".join(f"{k}: {v}" for k, v in WORKLOADS.items()),
     )
-    p.add_argument("--targets", type=_csv, default=["etcd", "etcdpy"], help="targets to start (etcd,etcdpy)")
+    p.add_argument("--targets", type=_csv, default=["etcd", "etcdpy"], help="targets to start: etcd, etcd35 (--etcd35-bin), etcdpy (its default gRPC server), "
+        "etcdpy-native, etcdpy-grpcio")
     p.add_argument(
         "--endpoints",
         action="append",
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--etcd-bin", default=DEFAULT_ETCD_BIN)
+    p.add_argument("--etcd35-bin", default=None, help="etcd binary of the etcd35 target (e.g. etcd 3.5.1)")
     p.add_argument("--data-root", default=None, help="where temp data dirs go (default: system temp dir)")
     p.add_argument("--keep-data", action="store_true", help="keep data dirs and logs of started targets")
     p.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
@@ -147,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         targets = external_targets(args.endpoints)
     else:
         targets = [
-            Target(kind, [], LocalCluster(kind, args.members, args.etcd_bin, args.data_root, args.keep_data))
+            Target(
+                kind,
+                [],
+                LocalCluster(kind, args.members, args.etcd_bin, args.data_root, args.keep_data, etcd35_bin=args.etcd35_bin),
+            )
             for kind in args.targets
         ]
     try:

@@ -51,6 +51,7 @@ class Report:
                         "baseline": BASELINE,
                         "ops_per_s": _nan_none(ratio(row.ops_per_s, base.ops_per_s)),
                         "p99_ms": _nan_none(ratio(row.p99_ms, base.p99_ms)),
+                        "cpu_us_per_op": _nan_none(ratio(_nan(row.cpu_us_per_op), _nan(base.cpu_us_per_op))),
                     }
                 )
         return out
@@ -93,8 +94,8 @@ class Report:
         return "\n".join(lines) + "\n"
 
 
-HEADER = "| workload | target | ops/s | mean ms | p50 ms | p90 ms | p99 ms | errors | load 1m |"
-RULE = "|---|---|--:|--:|--:|--:|--:|--:|--:|"
+HEADER = "| workload | target | ops/s | mean ms | p50 ms | p90 ms | p99 ms | CPU µs/op | errors | load 1m |"
+RULE = "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"
 
 
 def _table(workload: str, rows: list[Summary], ratios: list[dict[str, Any]]) -> list[str]:
@@ -106,13 +107,14 @@ def _table(workload: str, rows: list[Summary], ratios: list[dict[str, Any]]) -> 
             extra += f" ({r.lost} lost, {r.writes} writes)"
         out.append(
             f"| {workload} | {r.target} | {_num(r.ops_per_s, 0)} | {_num(r.mean_ms)} | {_num(r.p50_ms)} "
-            f"| {_num(r.p90_ms)} | {_num(r.p99_ms)} | {r.errors}{extra} | {r.load_avg[0]:.2f} |"
+            f"| {_num(r.p90_ms)} | {_num(r.p99_ms)} | {_num(_nan(r.cpu_us_per_op), 0)} "
+            f"| {r.errors}{extra} | {r.load_avg[0]:.2f} |"
         )
     for q in ratios:
         if q["workload"] == workload:
             out.append(
                 f"| {workload} | {q['target']} / {q['baseline']} | {_times(q['ops_per_s'])} |  |  |  "
-                f"| {_times(q['p99_ms'])} |  |  |"
+                f"| {_times(q['p99_ms'])} | {_times(q.get('cpu_us_per_op'))} |  |  |"
             )
     return out
 
@@ -165,6 +167,10 @@ def _num(x: float, digits: int = 2) -> str:
 
 def _times(x: float | None) -> str:
     return "-" if x is None else f"**{x:.2f}x**"
+
+
+def _nan(x: float | None) -> float:
+    return math.nan if x is None else x
 
 
 def _nan_none(x: float) -> float | None:

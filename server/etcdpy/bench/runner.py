@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import queue
 import random
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -73,9 +74,13 @@ class Measurement:
     """watch-fanout: events some watch should have received and did not (must be 0)."""
     writes: int | None = None
     """watch-fanout: acknowledged writes; each watch must have seen each one once."""
+    cpu_s: float | None = None
+    """Server CPU seconds (all members) spent inside the measured window; None if unknown."""
 
     def add(self, other: "Measurement") -> None:
         """Pool another round into this one."""
+        if other.cpu_s is not None:
+            self.cpu_s = (self.cpu_s or 0.0) + other.cpu_s
         self.latencies.extend(other.latencies)
         self.elapsed_s += other.elapsed_s
         self.errors.update(other.errors)
@@ -102,6 +107,8 @@ class Measurement:
         )
         out.rounds_ops_per_s = list(self.round_ops_per_s)
         out.lost, out.writes = self.lost, self.writes
+        if self.cpu_s is not None and self.latencies:
+            out.cpu_us_per_op = self.cpu_s / len(self.latencies) * 1e6
         return out
 
 
@@ -119,11 +126,49 @@ def run_workload(target: Target, workload: str, cfg: RunConfig, log: Log) -> Mea
         _await_ready(ready, procs)
         load = os.getloadavg()
         go.set()
+        window = CpuWindow(target.cpu_seconds, cfg)
         log(f"  {target.name} {workload}: running ({_shape(cfg)})")
         collected = _collect(results, len(procs), cfg)
+        cpu_s = window.finish()
     finally:
         _reap(procs)
-    return _merge(collected, load)
+    out = _merge(collected, load)
+    out.cpu_s = cpu_s
+    return out
+
+
+class CpuWindow:
+    """Samples the server's CPU time when the clients' measured window opens and closes.
+
+    The clients warm up for `warmup_s` after the start signal and then measure for
+    `duration_s`; sampling on the same schedule here makes "CPU / measured requests"
+    the server's CPU cost per request. With a request budget the window ends when the
+    last client reports (a slight overestimate: the tail of the run is included).
+    """
+
+    def __init__(self, sample: Callable[[], float | None], cfg: RunConfig) -> None:
+        self._sample = sample
+        self._cfg = cfg
+        self._start: float | None = None
+        self._end: float | None = None
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="bench-cpu-window", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        time.sleep(self._cfg.warmup_s)
+        self._start = self._sample()
+        if self._cfg.requests is None and self._cfg.duration_s is not None:
+            time.sleep(max(0.0, self._t0 + self._cfg.warmup_s + self._cfg.duration_s - time.monotonic()))
+            self._end = self._sample()
+
+    def finish(self) -> float | None:
+        """CPU seconds inside the window, or None when the target's processes are not ours."""
+        self._thread.join(timeout=self._cfg.warmup_s + (self._cfg.duration_s or 0) + 5.0)
+        end = self._end if self._end is not None else self._sample()
+        if self._start is None or end is None:
+            return None
+        return max(0.0, end - self._start)
 
 
 def _specs(target: Target, workload: str, cfg: RunConfig) -> list[WorkerSpec]:

@@ -51,6 +51,8 @@ class Summary:
     """watch-fanout only: events a watch never received (must be 0)."""
     writes: int | None = None
     """watch-fanout only: acknowledged writes, pooled over rounds."""
+    cpu_us_per_op: float | None = None
+    """Server CPU (user + system, every member) per successful request, in microseconds."""
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict; NaN becomes None because JSON has no NaN."""

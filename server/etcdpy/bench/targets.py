@@ -26,6 +26,7 @@ READY_TIMEOUT_S = 60.0
 """Generous: an etcdpy member on a busy 2-core box may take a while to import."""
 STOP_TIMEOUT_S = 10.0
 LOG_TAIL_BYTES = 4000
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 class TargetError(RuntimeError):
@@ -40,6 +41,10 @@ class Target:
     endpoints: list[str]
     cluster: "LocalCluster | None" = None
     version: str = ""
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system) its server processes have used so far; None if not ours."""
+        return None if self.cluster is None else self.cluster.cpu_seconds()
 
 
 def free_ports(count: int) -> list[int]:
@@ -57,19 +62,32 @@ def free_ports(count: int) -> list[int]:
         return ports
 
 
-def target_command(kind: str, etcd_bin: str) -> list[str]:
+ETCDPY_BACKEND_TARGETS = {"etcdpy-native": "native", "etcdpy-grpcio": "grpcio"}
+"""Targets that pin etcdpy's client-port gRPC server (`ETCDPY_GRPC_SERVER`); plain `etcdpy` uses its default."""
+KINDS = ("etcd", "etcd35", "etcdpy", *ETCDPY_BACKEND_TARGETS)
+
+
+def target_command(kind: str, etcd_bin: str, etcd35_bin: str | None = None) -> list[str]:
     """The argv prefix that starts one member of `kind` (etcd flags follow)."""
     if kind == "etcd":
         return [etcd_bin]
-    if kind == "etcdpy":
+    if kind == "etcd35":
+        if not etcd35_bin:
+            raise ValueError("target etcd35 needs --etcd35-bin")
+        return [etcd35_bin]
+    if kind == "etcdpy" or kind in ETCDPY_BACKEND_TARGETS:
         return [sys.executable, "-m", "etcdpy"]
-    raise ValueError(f"unknown target {kind!r}; known: etcd, etcdpy")
+    raise ValueError(f"unknown target {kind!r}; known: {', '.join(KINDS)}")
 
 
-def clean_env() -> dict[str, str]:
+def clean_env(kind: str = "") -> dict[str, str]:
     """The environment minus ETCD_* / ETCDCTL_*: both servers read ETCD_* as flags,
-    and a stray one in a developer's shell would silently change what is measured."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("ETCD_", "ETCDCTL_"))}
+    and a stray one in a developer's shell would silently change what is measured.
+    An `etcdpy-<backend>` target also gets its gRPC server pinned."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ETCD_", "ETCDCTL_"))}
+    if kind in ETCDPY_BACKEND_TARGETS:
+        env["ETCDPY_GRPC_SERVER"] = ETCDPY_BACKEND_TARGETS[kind]
+    return env
 
 
 @dataclass
@@ -127,6 +145,7 @@ class LocalCluster:
     etcd_bin: str = DEFAULT_ETCD_BIN
     data_root: str | None = None
     keep_data: bool = False
+    etcd35_bin: str | None = None
     root: Path | None = None
     nodes: list[Member] = field(default_factory=list)
     stopped: bool = False
@@ -151,7 +170,7 @@ class LocalCluster:
         ]
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.nodes)
         token = f"etcdpy-bench-{secrets.token_hex(4)}"
-        argv0 = target_command(self.kind, self.etcd_bin)
+        argv0 = target_command(self.kind, self.etcd_bin, self.etcd35_bin)
         for m in self.nodes:
             with open(m.log_path, "wb") as log:
                 m.proc = subprocess.Popen(
@@ -159,9 +178,16 @@ class LocalCluster:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    env=clean_env(),
+                    env=clean_env(self.kind),
                     cwd=self.root,
                 )
+
+    def cpu_seconds(self) -> float | None:
+        """Summed CPU time of every member (and its children, e.g. a front process) so far."""
+        pids = [m.proc.pid for m in self.nodes if m.proc is not None and m.proc.poll() is None]
+        if not pids:
+            return None
+        return sum(process_tree_cpu_seconds(pid) for pid in pids)
 
     def check_alive(self) -> None:
         """Raise TargetError, with the log, if a member has exited."""
@@ -188,6 +214,47 @@ class LocalCluster:
                 m.proc.wait(timeout=STOP_TIMEOUT_S)
         if self.root is not None and not self.keep_data:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (all its threads) from /proc/<pid>/stat; 0 if it is gone.
+
+    Why /proc rather than wall-clock throughput: on a shared machine the CPU a server
+    spends per request barely moves with the background load, while ops/s does.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / CLOCK_TICKS
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of `pid` (every thread's children list), for helper processes."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            out += [int(x) for x in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU time of `pid` and its living descendants."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += process_cpu_seconds(p)
+        todo += child_pids(p)
+    return total
 
 
 def wait_ready(target: Target, timeout_s: float = READY_TIMEOUT_S) -> None:
