@@ -54,7 +54,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     @rpc
     async def HashKV(self, request: rpc_pb2.HashKVRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.HashKVResponse:
         assert self.server.kv is not None
-        h, rev, compact_rev = self.server.kv.hash_kv(request.revision)
+        h, rev, compact_rev = await self.server.kv.hash_kv_async(request.revision)
         resp = rpc_pb2.HashKVResponse(hash=h, compact_revision=compact_rev)
         self.server.fill_header(resp.header)
         resp.header.revision = rev
@@ -63,7 +63,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     @rpc
     async def Hash(self, request: rpc_pb2.HashRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.HashResponse:
         assert self.server.kv is not None
-        resp = rpc_pb2.HashResponse(hash=self.server.kv.hash())
+        resp = rpc_pb2.HashResponse(hash=await self.server.kv.hash_async())
         self.server.fill_header(resp.header)
         return resp
 

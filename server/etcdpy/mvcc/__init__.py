@@ -6,10 +6,17 @@ membership) their own buckets in the same RocksDB and atomic batches.
 
 from etcdpy.mvcc.backend import Backend, Batch, SnapshotError, SnapshotStream
 from etcdpy.mvcc.key_index import KeyIndex, TreeIndex
-from etcdpy.mvcc.kvstore import CompactionJob, KVStore, RangeResult, TxnWrite
+from etcdpy.mvcc.kvstore import (
+    COMPACTION_SLEEP_SECONDS,
+    CompactionJob,
+    KVStore,
+    RangeResult,
+    TxnWrite,
+)
 from etcdpy.mvcc.revision import Revision, bytes_to_rev, is_tombstone, rev_to_bytes
 
 __all__ = [
+    "COMPACTION_SLEEP_SECONDS",
     "Backend",
     "Batch",
     "CompactionJob",

@@ -35,14 +35,16 @@ the Maintenance.Snapshot stream); other trailing data is rejected.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import io
 import os
 import shutil
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator
-from typing import BinaryIO
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import BinaryIO, ParamSpec, TypeVar
 
 from rocksdict import (
     AccessType,
@@ -50,8 +52,8 @@ from rocksdict import (
     Checkpoint,
     CompactOptions,
     Options,
-    ReadOptions,
     Rdict,
+    ReadOptions,
     WriteBatch,
     WriteOptions,
 )
@@ -82,6 +84,9 @@ _END_MARK = 0xFFFFFFFF
 _SHA_LEN = 32
 _RESTORE_BATCH_BYTES = 4 << 20
 _CHECKPOINT_INFIX = ".checkpoint-"
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class SnapshotError(Exception):
@@ -165,6 +170,11 @@ class Backend:
         self._path = path
         self._db: Rdict | None = None
         self._checkpoint_seq = 0
+        # The lifecycle owner's state (loop thread only): worker-thread users in flight, and
+        # whether a close/swap holds the backend exclusively (new users wait until it ends).
+        self._users = 0
+        self._idle: asyncio.Event | None = None
+        self._exclusive: asyncio.Lock | None = None
         self.reopen()
         _remove_stale_checkpoints(path)
 
@@ -186,6 +196,57 @@ class Backend:
     @property
     def path(self) -> str:
         return self._path
+
+    # -- lifecycle: worker-thread users versus close/swap ------------------------------------
+
+    def _lifecycle(self) -> tuple[asyncio.Event, asyncio.Lock]:
+        if self._idle is None or self._exclusive is None:
+            self._idle = asyncio.Event()
+            self._idle.set()
+            self._exclusive = asyncio.Lock()
+        return self._idle, self._exclusive
+
+    @property
+    def worker_users(self) -> int:
+        """Worker-thread calls in flight (for tests and logs)."""
+        return self._users
+
+    async def run_in_worker(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run blocking `fn` on a worker thread while the DB is guaranteed to stay open.
+
+        Why: rocksdict refuses (``RuntimeError: Already borrowed``) or crashes when the DB is
+        closed while another thread is inside it, and a snapshot install swaps the whole DB.
+        Every worker-thread use goes through here, and `exclusive()` (close, swap) first
+        waits for all of them. A cancelled caller does not end its use early: the thread
+        keeps running, so the use ends when the thread does.
+        """
+        idle, exclusive = self._lifecycle()
+        while exclusive.locked():
+            async with exclusive:
+                pass
+        self._users += 1
+        idle.clear()
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(None, lambda: fn(*args, **kwargs))
+        fut.add_done_callback(self._release_user)
+        return await asyncio.shield(fut)
+
+    def _release_user(self, _fut: object) -> None:
+        self._users -= 1
+        if self._users == 0 and self._idle is not None:
+            self._idle.set()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold the backend alone: wait for every worker-thread user, keep new ones waiting.
+
+        The one place that may close, restore or replace the DB files (snapshot install,
+        stop). Runs on the loop thread; nothing in between can start a worker use.
+        """
+        idle, exclusive = self._lifecycle()
+        async with exclusive:
+            await idle.wait()
+            yield
 
     @property
     def db(self) -> Rdict:
@@ -229,16 +290,35 @@ class Backend:
     # -- iteration ------------------------------------------------------------
 
     def iterate(
-        self, bucket: str, start: bytes = b"", end: bytes | None = None, reverse: bool = False
+        self, bucket: str, start: bytes = b"", end: bytes | None = None, reverse: bool = False, pin: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
         """(key, value) pairs of a bucket with start <= key < end (end None = bucket end).
 
         Bounds are passed to RocksDB so deleted entries beyond the range are not scanned.
+        With `pin` (forward only) the RocksDB iterator is created now, so the pairs are those
+        of this moment however late they are consumed (a consistent snapshot for a worker
+        thread); otherwise it is created at the first `next()`.
         """
         p = bucket_prefix(bucket)
         lo = p + start
         hi = p + end if end is not None else _prefix_end(p)
+        if pin and not reverse:
+            return self._iterate_pinned(lo, hi, len(p))
         return self._iterate_raw(lo, hi, len(p), reverse)
+
+    def _iterate_pinned(self, lo: bytes, hi: bytes, strip: int) -> Iterator[tuple[bytes, bytes]]:
+        ro = ReadOptions()
+        ro.set_iterate_lower_bound(lo)
+        ro.set_iterate_upper_bound(hi)
+        items = self.db.items(from_key=lo, read_opt=ro)  # the RocksDB iterator (and its view) starts here
+
+        def gen() -> Iterator[tuple[bytes, bytes]]:
+            for k, v in items:
+                if k >= hi:
+                    return
+                yield k[strip:], v
+
+        return gen()
 
     def _iterate_raw(self, lo: bytes, hi: bytes, strip: int, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
         # The bounds also go to RocksDB (so it can skip deleted entries), but the
@@ -304,14 +384,23 @@ class Backend:
 
         Raw keys include the bucket prefix, so bucket membership is hashed too.
         """
-        h = 0
-        for raw, v in self.db.items():
-            bucket, _, key = raw.partition(b"\x00")
-            if ignore(bucket.decode(), key):
-                continue
-            h = zlib.crc32(raw, h)
-            h = zlib.crc32(v, h)
-        return h
+        return self.hash_plan(ignore)()
+
+    def hash_plan(self, ignore: Callable[[str, bytes], bool] = default_hash_ignore) -> Callable[[], int]:
+        """`hash` over the DB as of now, computed by the returned call (on a worker thread)."""
+        items = self.db.items()  # pins the view now
+
+        def scan() -> int:
+            h = 0
+            for raw, v in items:
+                bucket, _, key = raw.partition(b"\x00")
+                if ignore(bucket.decode(), key):
+                    continue
+                h = zlib.crc32(raw, h)
+                h = zlib.crc32(v, h)
+            return h
+
+        return scan
 
     # -- snapshots ------------------------------------------------------------
 

@@ -17,20 +17,26 @@ Revisions start as in etcd: an empty store is at revision 1, the first write
 makes revision 2, and the compact revision is -1 until the first compaction.
 
 Threading: like the rest of etcdpy, the store belongs to the asyncio loop
-thread; it takes no locks. Only `SnapshotStream` (from `open_snapshot`) may be
-consumed on another thread.
+thread; it takes no locks. Whole-store reads (HashKV, Hash, a big Range) are split:
+what needs the in-memory index, and a RocksDB iterator (which reads at the moment it
+was created: a consistent snapshot), are taken on the loop; the scan itself runs on a
+worker thread through `Backend.run_in_worker`, which keeps the DB open meanwhile.
+`SnapshotStream` (from `open_snapshot`) may also be consumed on another thread.
+Physical compaction is a queue of `CompactionJob`s whose small steps the server runs
+between loop iterations (etcd's batches with pauses).
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import BinaryIO
 
-from rocksdict import WriteBatch
+from rocksdict import ReadOptions, WriteBatch
 
 from etcdpy.errors import ErrCompacted, ErrFutureRev
 from etcdpy.mvcc.backend import (
@@ -58,6 +64,12 @@ _PUT = Event.PUT
 _DELETE = Event.DELETE
 
 COMPACTION_BATCH_LIMIT = 1000
+"""etcd's compactionBatchLimit: revisions scanned per compaction batch (one write each)."""
+COMPACTION_SLEEP_SECONDS = 0.010
+"""etcd's pause between two compaction batches (10 ms, `compactionSleepInterval`), so that
+applies and reads get the store in between."""
+LOAD_IN_WORKER_MIN = 1000
+"""A Range loading at least this many values loads them on a worker thread."""
 HASH_KV_SEED = b"key"
 
 
@@ -98,7 +110,8 @@ class KVStore:
         self._consistent_index = 0
         self._consistent_term = 0
         self._txn: TxnWrite | None = None
-        self._compaction: CompactionJob | None = None
+        # Physical compactions scheduled (index already compacted), oldest first.
+        self._compactions: deque[CompactionJob] = deque()
         # What the last *finished* compaction left below its revision, so that the
         # next one only scans revisions above it (etcd's lastKeep optimisation).
         self._last_compact_rev = -1
@@ -135,7 +148,7 @@ class KVStore:
     def close(self) -> None:
         """Release RocksDB; an open txn is dropped and a pending compaction resumes on reopen."""
         self._txn = None
-        self._compaction = None
+        self._compactions.clear()
         self._backend.close()
 
     # -- open / rebuild -------------------------------------------------------
@@ -214,6 +227,44 @@ class KVStore:
         revs, total = self._index.revisions(key, end, rev, limit)
         return RangeResult(self._load(revs), total, cur_rev)
 
+    def range_plan(
+        self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0
+    ) -> tuple[Callable[[], list[KeyValue]], int, int, bool]:
+        """A Range split for big answers: (load, count, rev, small), `load` safe on a worker thread.
+
+        `small` says the values were loaded already (not worth a thread hop).
+
+        The revisions are looked up in the index now (cheap), and the values are read
+        through an iterator created now, so `load()` sees exactly this moment even if a
+        compaction deletes those revisions or a snapshot install starts meanwhile (run it
+        through `Backend.run_in_worker`).
+        """
+        cur_rev = self._current_rev
+        if rev > cur_rev:
+            raise ErrFutureRev()
+        if rev <= 0:
+            rev = cur_rev
+        if rev < self._compact_rev:
+            raise ErrCompacted()
+        revs, total = self._index.revisions(key, end, rev, limit)
+        if len(revs) < LOAD_IN_WORKER_MIN:
+            kvs = self._load(revs)
+            return (lambda: kvs), total, cur_rev, True
+        it = self._backend.db.iter(ReadOptions())
+
+        def load() -> list[KeyValue]:
+            parse = KeyValue.FromString
+            out = []
+            for r in revs:
+                k = _KEY_PREFIX + rev_to_bytes(r.main, r.sub)
+                it.seek(k)
+                if not it.valid() or it.key() != k:
+                    raise RuntimeError(f"mvcc: index points to missing revision {tuple(r)}")
+                out.append(parse(it.value()))
+            return out
+
+        return load, total, cur_rev, False
+
     def _load(self, revs: list[Revision]) -> list[KeyValue]:
         """Fetch and decode the KeyValues stored at live (non-tombstone) revisions."""
         if not revs:
@@ -290,17 +341,26 @@ class KVStore:
 
     def compact(self, rev: int) -> None:
         """Compact at `rev` and remove the dropped revisions from RocksDB before returning."""
-        self.schedule_compaction(rev).run()
+        self.schedule_compaction(rev)
+        self.run_compactions()
+
+    def run_compactions(self) -> None:
+        """Finish every scheduled physical compaction now (start-up, tests)."""
+        while self._compactions:
+            self._compactions[0].run()
+
+    def next_compaction(self) -> CompactionJob | None:
+        """The oldest physical compaction not finished yet (the server steps it with pauses)."""
+        return self._compactions[0] if self._compactions else None
 
     def schedule_compaction(self, rev: int) -> CompactionJob:
         """Validate, persist the scheduled rev and compact the index now; disk cleanup is the job.
 
-        From return on, reads below `rev` fail with ErrCompacted. The caller may run the
-        job's `step()`s spread over loop iterations; a crash before it finishes is
-        repaired on the next open (scheduledCompactRev > finishedCompactRev).
+        From return on, reads below `rev` fail with ErrCompacted. Jobs are queued and run
+        in order (each one starts where the previous one ended), as `step()`s spread over
+        loop iterations (etcd: batches of 1000 with 10 ms pauses); a crash before they
+        finish is repaired on the next open (scheduledCompactRev > finishedCompactRev).
         """
-        if self._compaction is not None:
-            self._compaction.run()
         if rev <= self._compact_rev:
             raise ErrCompacted()
         if rev > self._current_rev:
@@ -309,12 +369,12 @@ class KVStore:
         self._compact_rev = rev
         keep = self._index.compact(rev)
         job = CompactionJob(self, rev, keep)
-        self._compaction = job
+        self._compactions.append(job)
         return job
 
     def _compaction_done(self, job: CompactionJob) -> None:
-        if self._compaction is job:
-            self._compaction = None
+        if self._compactions and self._compactions[0] is job:
+            self._compactions.popleft()
         self._last_compact_rev = job.rev
         self._last_keep = job.keep
 
@@ -332,6 +392,15 @@ class KVStore:
         if that set is empty), which makes the result independent of how far physical
         compaction has progressed, exactly like etcd's HashByRev.
         """
+        return self.hash_kv_plan(rev)()
+
+    def hash_kv_plan(self, rev: int = 0) -> Callable[[], tuple[int, int, int]]:
+        """`hash_kv` split: checks and the index's keep set now, the scan in the returned call.
+
+        The scan reads through an iterator created here, so it hashes the store as of now
+        even when run later on a worker thread (`Backend.run_in_worker`) while applies,
+        compaction batches and reads go on.
+        """
         compact, cur = self._compact_rev, self._current_rev
         if 0 < rev < compact:
             raise ErrCompacted()
@@ -341,19 +410,32 @@ class KVStore:
             rev = cur
         keep = self._index.keep(rev)
         lower = Revision(compact + 1, 0)
-        h = zlib.crc32(HASH_KV_SEED)
-        crc = zlib.crc32
-        for k, v in self._backend.iterate(BUCKET_KEY, b"", rev_to_bytes(rev + 1, 0)):
-            if keep:
-                kr = bytes_to_rev(k)
-                if kr < lower and kr not in keep:
-                    continue
-            h = crc(v, crc(k, h))
-        return h, cur, compact
+        items = self._backend.iterate(BUCKET_KEY, b"", rev_to_bytes(rev + 1, 0), pin=True)
+
+        def scan() -> tuple[int, int, int]:
+            h = zlib.crc32(HASH_KV_SEED)
+            crc = zlib.crc32
+            for k, v in items:
+                if keep:
+                    kr = bytes_to_rev(k)
+                    if kr < lower and kr not in keep:
+                        continue
+                h = crc(v, crc(k, h))
+            return h, cur, compact
+
+        return scan
+
+    async def hash_kv_async(self, rev: int = 0) -> tuple[int, int, int]:
+        """HashKV without holding the loop: the scan runs on a worker thread."""
+        return await self._backend.run_in_worker(self.hash_kv_plan(rev))
 
     def hash(self) -> int:
         """Hash of the whole backend except the consistent index/term (Maintenance.Hash)."""
         return self._backend.hash()
+
+    async def hash_async(self) -> int:
+        """Maintenance.Hash on a worker thread, over the backend as of the call."""
+        return await self._backend.run_in_worker(self._backend.hash_plan())
 
     # -- maintenance ----------------------------------------------------------
 
@@ -390,8 +472,9 @@ class KVStore:
 class CompactionJob:
     """Removes from RocksDB the revisions <= rev that the index compaction dropped.
 
-    Each `step()` deletes at most COMPACTION_BATCH_LIMIT entries in one write; the
-    last one also records finishedCompactRev.
+    Each `step()` scans at most COMPACTION_BATCH_LIMIT revisions and deletes the dropped
+    ones in one write (etcd's batch); the last one also records finishedCompactRev. Where
+    the scan starts is decided at the first step, once the previous job has finished.
     """
 
     def __init__(self, store: KVStore, rev: int, keep: set[Revision]) -> None:
@@ -399,11 +482,17 @@ class CompactionJob:
         self.rev = rev
         self.keep = keep
         self.done = False
-        # Revisions kept by the previous compaction that this one drops.
-        self._stale = [r for r in store._last_keep if r not in keep]
-        start = max(store._last_compact_rev, 0)
-        self._next = rev_to_bytes(start, 0)
+        self._started = False
+        self._stale: list[Revision] = []
+        self._next = b""
         self._end = rev_to_bytes(rev + 1, 0)
+
+    def _start(self) -> None:
+        store = self._store
+        # Revisions kept by the previous compaction that this one drops.
+        self._stale = [r for r in store._last_keep if r not in self.keep]
+        self._next = rev_to_bytes(max(store._last_compact_rev, 0), 0)
+        self._started = True
 
     def run(self) -> None:
         while not self.step():
@@ -413,6 +502,8 @@ class CompactionJob:
         """Delete one batch; True once everything is deleted and recorded."""
         if self.done:
             return True
+        if not self._started:
+            self._start()
         b = self._store.backend
         batch = Batch()
         n = self._drop_stale(batch)
@@ -422,9 +513,9 @@ class CompactionJob:
                 self._next = k
                 finished = False
                 break
+            n += 1
             if bytes_to_rev(k) not in self.keep:
                 batch.delete_raw(_KEY_PREFIX + k)
-                n += 1
         if finished:
             batch.put(BUCKET_META, META_FINISHED_COMPACT, rev_to_bytes(self.rev, 0))
             self._next = self._end
@@ -627,6 +718,7 @@ class TxnWrite:
 
 __all__ = [
     "COMPACTION_BATCH_LIMIT",
+    "COMPACTION_SLEEP_SECONDS",
     "CompactionJob",
     "KVStore",
     "RangeResult",

@@ -59,6 +59,16 @@ if TYPE_CHECKING:  # the store is only needed for type checking; keeps this modu
     from etcdpy.server.apply_auth import AuthApplier
 
 _RR = rpc_pb2.RangeRequest
+
+
+@dataclass
+class _LoadedRange:
+    """What a planned Range loaded (the shape of mvcc's RangeResult)."""
+
+    kvs: list[kv_pb2.KeyValue]
+    count: int
+    rev: int
+
 _CMP = rpc_pb2.Compare
 
 
@@ -178,6 +188,30 @@ class Applier:
         self._range(_View(self.store, None), req, resp)
         return resp
 
+    async def range_async(
+        self, req: rpc_pb2.RangeRequest, run_in_worker: Callable[[Callable[[], rpc_pb2.RangeResponse]], Any]
+    ) -> rpc_pb2.RangeResponse:
+        """`range` that reads and builds a big answer on a worker thread (an unpaginated Range).
+
+        The index lookup happens now, on the loop; loading, decoding, sorting and building
+        the response of many values is left to `run_in_worker` (Backend.run_in_worker), over
+        a RocksDB view pinned now, so the answer is the store as of this call.
+        """
+        if req.count_only:
+            return self.range(req)
+        load, count, rev, small = self.store.range_plan(
+            req.key, req.range_end or None, rev=req.revision, limit=_fetch_limit(req)
+        )
+
+        def finish() -> rpc_pb2.RangeResponse:
+            resp = rpc_pb2.RangeResponse()
+            return self._range_answer(_LoadedRange(load(), count, rev), rev, req, resp)
+
+        if small:
+            return finish()
+        resp: rpc_pb2.RangeResponse = await run_in_worker(finish)
+        return resp
+
     def txn_read_only(self, req: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
         """A txn of ranges only, served from the local store like a Range (etcd does not log it)."""
         if not is_txn_read_only(req):
@@ -253,7 +287,8 @@ class Applier:
         is seen by nobody (no one waits for a replayed entry).
         """
         try:
-            physc = self.store.compact(req.revision)
+            # The index is compacted now; the disk work is a job the server runs in batches.
+            physc = self.store.schedule_compaction(req.revision)
         except errors.EtcdError as e:
             self._save_consistent_index(index, term)
             return ApplyResult(resp=None, err=e, events=[])
@@ -267,6 +302,12 @@ class Applier:
     def _range(self, view: _View, r: rpc_pb2.RangeRequest, resp: rpc_pb2.RangeResponse) -> rpc_pb2.RangeResponse:
         """applierV3backend.Range: fetch, filter, sort, cut, in that order (see module docstring)."""
         rr = view.range(r.key, r.range_end or None, rev=r.revision, limit=_fetch_limit(r), count_only=r.count_only)
+        return self._range_answer(rr, view.rev, r, resp)
+
+    def _range_answer(
+        self, rr: RangeResult | _LoadedRange, rev: int, r: rpc_pb2.RangeRequest, resp: rpc_pb2.RangeResponse
+    ) -> rpc_pb2.RangeResponse:
+        """Filter, sort and cut what the store returned (pure: safe on a worker thread)."""
         kvs = _prune(list(rr.kvs), r)
         order = r.sort_order
         if r.sort_target != _RR.KEY and order == _RR.NONE:
@@ -276,7 +317,7 @@ class Applier:
         if r.limit > 0 and len(kvs) > r.limit:
             kvs = kvs[: r.limit]
             resp.more = True
-        resp.header.revision = view.rev
+        resp.header.revision = rev
         resp.count = rr.count
         resp.kvs.extend(kvs)  # copies: the store's objects are never modified
         if r.keys_only:

@@ -23,7 +23,7 @@ from etcdpy.auth import AuthInfo, AuthStore, SimpleTokenProvider
 from etcdpy.config import MAX_GAP_BETWEEN_APPLY_AND_COMMIT, ServerConfig
 from etcdpy.lease import ExpiredLeaseRevoker, Lessor, min_lease_ttl, renew_on_primary
 from etcdpy.metrics import ServerMetrics
-from etcdpy.mvcc import KVStore
+from etcdpy.mvcc import COMPACTION_SLEEP_SECONDS, CompactionJob, KVStore
 from etcdpy.pb import raft_internal_pb2, rpc_pb2
 from etcdpy.raft import Config as RaftConfig
 from etcdpy.raft import Peer, RawNode
@@ -43,6 +43,15 @@ from etcdpy.raft.types import (
     SnapshotMetadata,
     SoftState,
     StateType,
+    unmarshal_conf_change,
+)
+from etcdpy.rafthttp import (
+    ClusterMembers,
+    PeerUnreachable,
+    SnapshotSource,
+    Transport,
+    fetch_members,
+    snapshot_db_path,
 )
 from etcdpy.server.apply import Applier, ApplyResult, is_txn_read_only
 from etcdpy.server.apply_auth import AuthApplier
@@ -54,15 +63,6 @@ from etcdpy.server.membership import (
     RaftCluster,
     compute_cluster_id,
     members_from_initial_cluster,
-)
-from etcdpy.raft.types import unmarshal_conf_change
-from etcdpy.rafthttp import (
-    ClusterMembers,
-    PeerUnreachable,
-    SnapshotSource,
-    Transport,
-    fetch_members,
-    snapshot_db_path,
 )
 from etcdpy.server.raftnode import RaftNode
 from etcdpy.server.wait import Wait, WaitTime
@@ -122,6 +122,8 @@ class EtcdServer:
         self.transport: Transport | None = None
         self.exit_code = 0
         self._received_snapshot_dbs: dict[int, str] = {}
+        self._compaction_wake = asyncio.Event()
+        self._compaction_waiters: list[tuple[CompactionJob, asyncio.Future[None]]] = []
         self.metrics = ServerMetrics()  # hot counters; the rest is read at scrape time
         self.ready = asyncio.Event()
         self._has_leader = asyncio.Event()
@@ -181,7 +183,7 @@ class EtcdServer:
         )
         try:
             await self.transport.start()
-        except Exception as e:  # noqa: BLE001 - one clear line, whatever the listener error
+        except Exception as e:
             wal.close()
             raise StartupError(f"cannot listen for peers on {','.join(cfg.listen_peer_urls)}: {e}") from e
         for pid, urls in peers.items():
@@ -194,7 +196,10 @@ class EtcdServer:
             raft_task,
             asyncio.create_task(self.raft.run_ticker(), name="ticker"),
             asyncio.create_task(self._linearizable_read_loop(), name="read-index"),
+            asyncio.create_task(self._compaction_loop(), name="mvcc-compaction"),
         ]
+        if self.kv.next_compaction() is not None:
+            self._compaction_wake.set()
         self._tasks.append(asyncio.create_task(self._campaign_if_sole_voter(), name="campaign"))
         self._tasks.append(asyncio.create_task(self._publish(), name="publish"))
         assert self.lessor is not None
@@ -547,6 +552,12 @@ class EtcdServer:
         `auth` (from `etcdpy.api.auth.auth_info`) goes into the header: every member
         checks the proposer's permissions against it when applying.
         """
+        return (await self._process(req, auth)).resp
+
+    async def _process(
+        self, req: raft_internal_pb2.InternalRaftRequest, auth: AuthInfo | None = None
+    ) -> ApplyResult:
+        """`process_internal_raft_request` returning the whole apply result (Compact needs physc)."""
         if self._stopped:
             raise errors.ErrStopped()
         if self.maintenance is not None:
@@ -563,6 +574,11 @@ class EtcdServer:
         data = req.SerializeToString()
         if len(data) > self.cfg.max_request_bytes:
             raise errors.ErrRequestTooLarge()
+        return await self._propose_and_wait(req_id, data)
+
+    async def _propose_and_wait(self, req_id: int, data: bytes) -> ApplyResult:
+        """Register, propose, await the apply; every way out removes the registration."""
+        assert self.raft is not None
         fut = self.wait.register(req_id)
         start = time.monotonic()
         try:
@@ -585,7 +601,7 @@ class EtcdServer:
             raise errors.ErrStopped()
         if result.err is not None:
             raise result.err
-        return result.resp
+        return result
 
     def _open_auth_store(self, kv: KVStore) -> AuthStore:
         """The auth store on the KV backend; its changes are applied by the applier's auth hook."""
@@ -614,7 +630,8 @@ class EtcdServer:
         assert self.applier is not None and self.auth_store is not None
         # etcd's doSerialize: check and read with no await in between, so no auth change slips in.
         self.auth_store.is_range_permitted(auth, req.key, req.range_end)
-        resp = self.applier.range(req)
+        assert self.kv is not None
+        resp = await self.applier.range_async(req, self.kv.backend.run_in_worker)
         self.fill_header(resp.header)
         return resp
 
@@ -645,9 +662,51 @@ class EtcdServer:
         return resp
 
     async def compact(self, req: rpc_pb2.CompactionRequest, auth: AuthInfo | None = None) -> rpc_pb2.CompactionResponse:
-        resp = await self.process_internal_raft_request(raft_internal_pb2.InternalRaftRequest(compaction=req), auth)
+        """Compact through the log; with `physical`, answer once the disk work is done (etcd's physc)."""
+        result = await self._process(raft_internal_pb2.InternalRaftRequest(compaction=req), auth)
+        if req.physical and isinstance(result.physc, asyncio.Future):
+            await asyncio.shield(result.physc)
+        resp = result.resp
         self.fill_header(resp.header)
         return resp
+
+    # ------------------------------------------------------------------ physical compaction
+
+    def _schedule_physical_compaction(self, job: CompactionJob) -> asyncio.Future[None]:
+        """Hand a compaction's disk work to the compaction task; the future resolves when it is done."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._compaction_waiters.append((job, fut))
+        self._compaction_wake.set()
+        return fut
+
+    async def _compaction_loop(self) -> None:
+        """Run scheduled physical compactions in etcd's shape: 1000 revisions per batch, 10 ms apart.
+
+        Each batch is one short step on the loop; the pause lets the raft loop, applies and
+        reads run between batches however big the store is.
+        """
+        while not self._stopped:
+            await self._compaction_wake.wait()
+            self._compaction_wake.clear()
+            while self.kv is not None and not self._stopped:
+                job = self.kv.next_compaction()
+                if job is None:
+                    break
+                job.step()
+                self._resolve_compaction_waiters()
+                await asyncio.sleep(COMPACTION_SLEEP_SECONDS)
+            self._resolve_compaction_waiters()
+
+    def _resolve_compaction_waiters(self, everything: bool = False) -> None:
+        """Wake the Compact callers whose job is done (all of them when the store was replaced)."""
+        still = []
+        for job, fut in self._compaction_waiters:
+            if job.done or everything:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                still.append((job, fut))
+        self._compaction_waiters = still
 
     # ------------------------------------------------------------------ leases (etcd's v3_server.go Lease*)
 
@@ -924,6 +983,8 @@ class EtcdServer:
         t0 = time.perf_counter()
         result = self.applier.apply(req, ent.index, ent.term)  # one RocksDB write batch per entry
         self.metrics.backend_commit.observe(time.perf_counter() - t0)
+        if isinstance(result.physc, CompactionJob):
+            result.physc = self._schedule_physical_compaction(result.physc)
         self._trigger(req, result)
 
     def _trigger(self, req: raft_internal_pb2.InternalRaftRequest, result: ApplyResult) -> None:
@@ -1142,7 +1203,9 @@ class EtcdServer:
         if self.raft is not None:
             self.raft.stop()
         for t in self._tasks:
-            if t.get_name() in ("ticker", "read-index", "publish", "campaign", "lease-revoker", "compactor"):
+            if t.get_name() in (
+                "ticker", "read-index", "publish", "campaign", "lease-revoker", "compactor", "mvcc-compaction"
+            ):
                 t.cancel()
         current = asyncio.current_task()
         await asyncio.gather(*(t for t in self._tasks if t is not current), return_exceptions=True)
@@ -1156,8 +1219,10 @@ class EtcdServer:
             self.raft.close()
         if self.watchable is not None:  # watch: stop its loops before the store closes
             await self.watchable.stop()
+        self._resolve_compaction_waiters(everything=True)
         if self.kv is not None:
-            self.kv.close()
+            async with self.kv.backend.exclusive():  # a defrag, hash or snapshot may still be running
+                self.kv.close()
         self.done.set()
 
 

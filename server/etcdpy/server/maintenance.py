@@ -164,7 +164,7 @@ class MaintenanceOps:
         """Compare our HashKV with the peers' and raise CORRUPT for each mismatching member."""
         kv = self.server.kv
         assert kv is not None
-        h, rev, compact_rev = kv.hash_kv(0)
+        h, rev, compact_rev = await kv.hash_kv_async(0)
         local = MemberHash(self.server.member_id, rev, compact_rev, h)
         corrupt = find_corrupt_members(local, await self.peer_hashes(rev))
         for member_id in corrupt:
@@ -183,7 +183,7 @@ class MaintenanceOps:
         kv = self.server.kv
         assert kv is not None
         self.log.info("starting defragment")
-        await asyncio.to_thread(kv.defrag)
+        await kv.backend.run_in_worker(kv.defrag)
         if self.quota is not None:
             self.quota.invalidate()
         self.log.info("finished defragment")
@@ -198,7 +198,7 @@ class MaintenanceOps:
         kv = self.server.kv
         assert kv is not None
         state = self.cluster_state()
-        return await asyncio.to_thread(SnapshotSender.prepare, kv, self.server.cfg.snap_dir, state)
+        return await kv.backend.run_in_worker(SnapshotSender.prepare, kv, self.server.cfg.snap_dir, state)
 
     def cluster_state(self) -> ClusterState:
         """What etcd's backend holds about the membership, taken now (on the loop thread)."""
