@@ -75,6 +75,13 @@ def test_far_behind_member_catches_up_by_snapshot(make_cluster: Callable[..., Cl
     assert len(expected) == WRITES
     assert _all_kvs(behind) == expected, "the caught-up member's data differs from the leader's"
     assert_same_hash(cluster.members, revision)
+    # The received database is installed (etcd renames it into place), not left behind as a
+    # second full copy of the store.
+    wait_until(
+        lambda: not list((behind.data_dir / "member" / "snap").glob("*.snap.db")),
+        30,
+        "the received <index>.snap.db to be gone once installed",
+    )
 
     if test_target == "etcd":
         log = leader.stderr_path.read_text(errors="replace")

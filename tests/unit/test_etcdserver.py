@@ -164,3 +164,36 @@ def test_request_ids_are_unique_and_carry_the_member() -> None:
     assert all(i >> 48 == 0x1234 for i in ids)
     later = IdGenerator(0xABCD1234, now_ms=1_700_000_001_000)
     assert later.next() > ids[-1] - (1 << 40)
+
+
+def test_raft_loop_does_not_wait_for_apply(tmp_path: Path) -> None:
+    """Committed entries go to the apply task through a queue: raft commits on while apply is held."""
+
+    async def run() -> None:
+        s = await _started(_cfg(tmp_path))
+        gate = asyncio.Event()
+        real_apply = s.apply_entries
+
+        async def held_apply(entries: list[object]) -> None:
+            await gate.wait()
+            await real_apply(entries)  # type: ignore[arg-type]
+
+        try:
+            assert s.raft is not None
+            s.apply_entries = held_apply  # type: ignore[method-assign]
+            applied = s.progress.applied_index
+            puts = [asyncio.create_task(s.process_internal_raft_request(_put(b"k%d" % i))) for i in range(3)]
+            async with asyncio.timeout(10):
+                while s.progress.committed_index < applied + 3:
+                    await asyncio.sleep(0.01)
+            assert s.progress.applied_index == applied, "applied while the apply task was held"
+            assert s.raft.apply_backlog >= 1
+            gate.set()
+            async with asyncio.timeout(10):
+                await asyncio.gather(*puts)
+            assert s.progress.applied_index >= applied + 3 and s.raft.apply_backlog == 0
+        finally:
+            gate.set()
+            await s.stop()
+
+    asyncio.run(run())

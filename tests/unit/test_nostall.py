@@ -179,3 +179,24 @@ def test_cancelled_worker_use_still_holds_the_backend(store: KVStore) -> None:
         assert store.backend.worker_users == 0
 
     asyncio.run(run())
+
+
+def test_snapshot_restore_builds_off_the_loop(tmp_path: Path, store: KVStore) -> None:
+    """Installing a snapshot: the file load and the index rebuild run on a worker thread."""
+    snap = str(tmp_path / "snap.db")
+    store.snapshot_to(snap)
+    expected = store.hash_kv(0)
+    target = KVStore(str(tmp_path / "other"))
+
+    async def run() -> None:
+        leased, turns = await _ticks_during(target.restore_from_async(snap, collect_leased=True))
+        assert leased == []
+        assert turns > 0, "the snapshot install held the event loop"
+        assert target.hash_kv(0) == expected and target.current_rev == store.current_rev
+        assert target.consistent_index == store.consistent_index
+        assert not (tmp_path / "other.old").exists() and not (tmp_path / "other.restoring").exists()
+
+    try:
+        asyncio.run(run())
+    finally:
+        target.close()

@@ -126,10 +126,12 @@ class Lessor:
 
     # ------------------------------------------------------------------ recovery
 
-    def recover(self, backend: Backend, store: KVStore) -> None:
+    def recover(self, backend: Backend, store: KVStore, leased: Iterable[tuple[bytes, int]] | None = None) -> None:
         """initAndRecover + the KV restore's re-attach: leases from the bucket, keys from the live KVs.
 
         Every recovered lease starts with no deadline; the next promotion gives it one.
+        `leased` is (key, lease) of every live key holding one, when the caller already
+        collected it off the loop (snapshot install); otherwise the store is scanned here.
         """
         self._leases.clear()
         self._item_map.clear()
@@ -137,7 +139,11 @@ class Lessor:
         for _key, value in backend.iterate(BUCKET_LEASE):
             rec = persist.decode(value)
             self._leases[rec.id] = Lease(id=rec.id, ttl=max(rec.ttl, self.min_ttl), remaining_ttl=rec.remaining_ttl)
-        if self._leases:  # without leases no live key can hold one: revoke deletes them atomically
+        if leased is not None:
+            for key, lease_id in leased:
+                if lease_id in self._leases:
+                    self._attach(key, lease_id)
+        elif self._leases:  # without leases no live key can hold one: revoke deletes them atomically
             for kv in _live_kvs(store):
                 if kv.lease:
                     self._attach(kv.key, kv.lease)

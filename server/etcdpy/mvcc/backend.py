@@ -82,7 +82,7 @@ _HEADER = struct.Struct(">8sII")
 _REC = struct.Struct(">II")
 _END_MARK = 0xFFFFFFFF
 _SHA_LEN = 32
-_RESTORE_BATCH_BYTES = 4 << 20
+_RESTORE_BATCH_BYTES = 256 << 10  # one RocksDB write holds the GIL: keep each short
 _CHECKPOINT_INFIX = ".checkpoint-"
 
 P = ParamSpec("P")
@@ -441,6 +441,14 @@ class Backend:
         The DB at `path` must not be open. The data is loaded into `<path>.restoring`
         and checked in full before it replaces `path`, so a bad file changes nothing.
         """
+        Backend.remove_replaced(Backend.commit_restore(Backend.stage_restore(src, path), path))
+
+    @staticmethod
+    def stage_restore(src: str | BinaryIO, path: str) -> str:
+        """First half of `restore_from`: build and check `<path>.restoring`; `path` is untouched.
+
+        Blocking and slow (the whole file): meant for a worker thread while `path` serves on.
+        """
         tmp = path + ".restoring"
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
@@ -449,14 +457,29 @@ class Backend:
                 _load_snapshot(f, tmp)
         else:
             _load_snapshot(src, tmp)
+        return tmp
+
+    @staticmethod
+    def commit_restore(staged: str, path: str) -> str | None:
+        """Second half: put the staged directory in place of `path` (closed); quick renames only.
+
+        Returns the replaced directory, renamed aside, for the caller to delete (slow for a big
+        store, so `restore_from` deletes it at once and the snapshot install on a worker thread).
+        """
         old = path + ".old"
         if os.path.exists(old):
             shutil.rmtree(old)
+        moved = None
         if os.path.exists(path):
             os.rename(path, old)
-        os.rename(tmp, path)
-        if os.path.exists(old):
-            shutil.rmtree(old)
+            moved = old
+        os.rename(staged, path)
+        return moved
+
+    @staticmethod
+    def remove_replaced(moved: str | None) -> None:
+        if moved is not None and os.path.exists(moved):
+            shutil.rmtree(moved, ignore_errors=True)
 
 
 class SnapshotStream:

@@ -33,6 +33,8 @@ _MAX_SUB = (1 << 63) - 1
 # How many recent (revision, key) changes TreeIndex remembers for counting at
 # recent past revisions (paged lists at a fixed revision) without a full walk.
 CHANGE_LOG_MAX = 100_000
+INDEX_STEP_KEYS = 5000
+"""Keys visited per slice of an incremental index compaction or keep (a few ms each)."""
 
 
 class RevisionNotFound(Exception):
@@ -432,6 +434,41 @@ class TreeIndex:
         for ki in self._tree.values():
             ki.keep(rev, available)
         return available
+
+    def compact_steps(self, rev: int, available: set[Revision], batch: int = INDEX_STEP_KEYS) -> Iterator[None]:
+        """`compact(rev)` in slices of `batch` keys, adding what stays to `available`; yields between slices.
+
+        Why it may be spread over loop iterations: reads between slices are at revisions
+        >= rev (older ones are refused by the store's compact revision) and see the same
+        answer from a compacted or an uncompacted key; writes between slices only add
+        revisions above rev, which compaction at rev leaves alone.
+        """
+        keys = list(self._tree.keys())
+        tree = self._tree
+        for i in range(0, len(keys), batch):
+            for key in keys[i : i + batch]:
+                ki = tree.get(key)
+                if ki is None:
+                    continue
+                ki.compact(rev, available)
+                if ki.is_empty():
+                    del tree[key]
+            yield
+
+    def keep_steps(self, rev: int, available: set[Revision], batch: int = INDEX_STEP_KEYS) -> Iterator[None]:
+        """`keep(rev)` in slices of `batch` keys, yielding between slices.
+
+        The answer is that of the moment it started: later writes add revisions above
+        `rev`, and compaction at or below `rev` keeps the newest revision <= rev.
+        """
+        keys = list(self._tree.keys())
+        tree = self._tree
+        for i in range(0, len(keys), batch):
+            for key in keys[i : i + batch]:
+                ki = tree.get(key)
+                if ki is not None:
+                    ki.keep(rev, available)
+            yield
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, TreeIndex):

@@ -28,10 +28,11 @@ between loop iterations (etcd's batches with pauses).
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import zlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import BinaryIO
@@ -56,6 +57,7 @@ from etcdpy.mvcc.revision import Revision, bytes_to_rev, is_tombstone, rev_to_by
 from etcdpy.pb.kv_pb2 import Event, KeyValue
 
 _U64 = struct.Struct(">Q")
+_END = object()
 _KEY_PREFIX = bucket_prefix(BUCKET_KEY)
 _META_PREFIX = bucket_prefix(BUCKET_META)
 _CI_KEY = _META_PREFIX + META_CONSISTENT_INDEX
@@ -367,8 +369,7 @@ class KVStore:
             raise ErrFutureRev()
         self._backend.put(BUCKET_META, META_SCHEDULED_COMPACT, rev_to_bytes(rev, 0))
         self._compact_rev = rev
-        keep = self._index.compact(rev)
-        job = CompactionJob(self, rev, keep)
+        job = CompactionJob(self, rev)
         self._compactions.append(job)
         return job
 
@@ -394,12 +395,15 @@ class KVStore:
         """
         return self.hash_kv_plan(rev)()
 
-    def hash_kv_plan(self, rev: int = 0) -> Callable[[], tuple[int, int, int]]:
+    def hash_kv_plan(
+        self, rev: int = 0, keep: set[Revision] | None = None
+    ) -> Callable[[], tuple[int, int, int]]:
         """`hash_kv` split: checks and the index's keep set now, the scan in the returned call.
 
         The scan reads through an iterator created here, so it hashes the store as of now
         even when run later on a worker thread (`Backend.run_in_worker`) while applies,
-        compaction batches and reads go on.
+        compaction batches and reads go on. `keep` may be passed when the caller computes
+        it in slices (`hash_kv_async`), since it does not change after this moment.
         """
         compact, cur = self._compact_rev, self._current_rev
         if 0 < rev < compact:
@@ -408,7 +412,8 @@ class KVStore:
             raise ErrFutureRev()
         if rev <= 0:
             rev = cur
-        keep = self._index.keep(rev)
+        if keep is None:
+            keep = self._index.keep(rev)
         lower = Revision(compact + 1, 0)
         items = self._backend.iterate(BUCKET_KEY, b"", rev_to_bytes(rev + 1, 0), pin=True)
 
@@ -426,8 +431,13 @@ class KVStore:
         return scan
 
     async def hash_kv_async(self, rev: int = 0) -> tuple[int, int, int]:
-        """HashKV without holding the loop: the scan runs on a worker thread."""
-        return await self._backend.run_in_worker(self.hash_kv_plan(rev))
+        """HashKV without holding the loop: keep set in slices between loop turns, scan on a worker thread."""
+        keep: set[Revision] = set()
+        at = rev if rev > 0 else self._current_rev
+        scan = self.hash_kv_plan(rev, keep)  # checks, pins the view, fixes the revisions
+        for _ in self._index.keep_steps(at, keep):
+            await asyncio.sleep(0)
+        return await self._backend.run_in_worker(scan)
 
     def hash(self) -> int:
         """Hash of the whole backend except the consistent index/term (Maintenance.Hash)."""
@@ -455,6 +465,64 @@ class KVStore:
     def snapshot_to(self, dest: str | BinaryIO) -> int:
         return self._backend.snapshot_to(dest)
 
+    async def restore_from_async(self, src: str, collect_leased: bool = False) -> list[tuple[bytes, int]]:
+        """`restore_from` for a running server: nothing slow on the loop.
+
+        On a worker thread: the file is loaded into a staged RocksDB next to ours and a
+        complete store (index, revisions, finished compaction) is built from it; meanwhile
+        this store keeps serving. Then, holding the backend exclusively (in-flight
+        worker-thread users finish first), the directories are swapped and the staged
+        memory state adopted: quick. With `collect_leased`, returns (key, lease) of every
+        live key with a lease, read from the staged store off the loop (for the lessor).
+        """
+        if self._txn is not None:
+            raise RuntimeError("mvcc: cannot restore with a write txn open")
+
+        def stage() -> tuple[KVStore, list[tuple[bytes, int]]]:
+            staged_dir = Backend.stage_restore(src, self._path)
+            staged = KVStore(staged_dir)
+            leased = []
+            if collect_leased:
+                leased = [(kv.key, kv.lease) for kv in staged.live_kvs() if kv.lease]
+            staged.run_compactions()
+            staged.close()
+            return staged, leased
+
+        staged, leased = await asyncio.to_thread(stage)
+        await self._backend.run_in_worker(self._backend.db.flush, True)  # so that closing has little to write
+        async with self._backend.exclusive():
+            self.close()
+            try:
+                moved = Backend.commit_restore(staged._path, self._path)
+            finally:
+                self._backend.reopen()
+            self.restore_generation += 1
+            self._adopt(staged)
+        await asyncio.to_thread(Backend.remove_replaced, moved)
+        return leased
+
+    def _adopt(self, staged: KVStore) -> None:
+        """Take over the memory state a staged store built from the same files."""
+        self._index = staged._index
+        self._current_rev = staged._current_rev
+        self._compact_rev = staged._compact_rev
+        self._consistent_index = staged._consistent_index
+        self._consistent_term = staged._consistent_term
+        self._txn = None
+        self._compactions = deque()
+        self._last_compact_rev = staged._last_compact_rev
+        self._last_keep = staged._last_keep
+
+    def live_kvs(self, page: int = 10000) -> Iterator[KeyValue]:
+        """Every live key at the current revision, a page at a time (memory stays bounded)."""
+        start = b"\x00"
+        while True:
+            kvs = self.range(start, b"\x00", limit=page).kvs
+            yield from kvs
+            if len(kvs) < page:
+                return
+            start = kvs[-1].key + b"\x00"
+
     def restore_from(self, src: str | BinaryIO) -> None:
         """Replace the whole store with a snapshot file's contents, then reload from it."""
         if self._txn is not None:
@@ -470,18 +538,21 @@ class KVStore:
 
 
 class CompactionJob:
-    """Removes from RocksDB the revisions <= rev that the index compaction dropped.
+    """Compacts the index at `rev`, then removes from RocksDB the revisions it dropped.
 
-    Each `step()` scans at most COMPACTION_BATCH_LIMIT revisions and deletes the dropped
-    ones in one write (etcd's batch); the last one also records finishedCompactRev. Where
-    the scan starts is decided at the first step, once the previous job has finished.
+    Each `step()` is short: first the index is compacted a slice of keys at a time
+    (`TreeIndex.compact_steps`), then each step scans at most COMPACTION_BATCH_LIMIT
+    revisions and deletes the dropped ones in one write (etcd's batch); the last one also
+    records finishedCompactRev. A job starts once the previous one has finished.
     """
 
-    def __init__(self, store: KVStore, rev: int, keep: set[Revision]) -> None:
+    def __init__(self, store: KVStore, rev: int) -> None:
         self._store = store
         self.rev = rev
-        self.keep = keep
+        self.keep: set[Revision] = set()
         self.done = False
+        self._index_steps: Iterator[None] | None = None
+        self._index_done = False
         self._started = False
         self._stale: list[Revision] = []
         self._next = b""
@@ -502,6 +573,12 @@ class CompactionJob:
         """Delete one batch; True once everything is deleted and recorded."""
         if self.done:
             return True
+        if not self._index_done:
+            if self._index_steps is None:
+                self._index_steps = self._store.index.compact_steps(self.rev, self.keep)
+            if next(self._index_steps, _END) is not _END:
+                return False
+            self._index_done = True
         if not self._started:
             self._start()
         b = self._store.backend

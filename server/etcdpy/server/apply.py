@@ -59,6 +59,7 @@ if TYPE_CHECKING:  # the store is only needed for type checking; keeps this modu
     from etcdpy.server.apply_auth import AuthApplier
 
 _RR = rpc_pb2.RangeRequest
+_EXTEND_SLICE = 1000
 
 
 @dataclass
@@ -319,7 +320,8 @@ class Applier:
             resp.more = True
         resp.header.revision = rev
         resp.count = rr.count
-        resp.kvs.extend(kvs)  # copies: the store's objects are never modified
+        for i in range(0, len(kvs), _EXTEND_SLICE):  # slices: a worker thread hands the GIL back in between
+            resp.kvs.extend(kvs[i : i + _EXTEND_SLICE])  # copies: the store's objects are never modified
         if r.keys_only:
             for kv in resp.kvs:
                 kv.ClearField("value")

@@ -14,9 +14,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from etcdpy import errors
 from etcdpy.auth import AuthInfo, AuthStore, SimpleTokenProvider
@@ -72,6 +72,8 @@ from etcdpy.wal import WAL, WalError, WalSnapshot, valid_snapshot_entries
 from etcdpy.watch import WatchableStore
 
 READ_INDEX_RETRY_SECONDS = 0.5
+APPLY_SLICE_SECONDS = 0.02
+"""The apply task yields to the loop at least this often while applying a long batch."""
 
 T = TypeVar("T")
 
@@ -115,6 +117,7 @@ class EtcdServer:
         self._read_signal = asyncio.Event()
         self._read_states: dict[bytes, asyncio.Future[int]] = {}
         self._snapshotting = False
+        self._snapshot_failed_at = 0
         self._stopped = False
         self.leader_changes = 0
         self.last_leader_change = time.monotonic()
@@ -192,8 +195,11 @@ class EtcdServer:
         self.raft.on_persist = self.metrics.wal_fsync.observe
         raft_task = asyncio.create_task(self.raft.run(self), name="raft")
         raft_task.add_done_callback(self._on_raft_loop_exit)
+        apply_task = asyncio.create_task(self.raft.run_apply(self), name="apply")
+        apply_task.add_done_callback(self._on_raft_loop_exit)
         self._tasks = [
             raft_task,
+            apply_task,
             asyncio.create_task(self.raft.run_ticker(), name="ticker"),
             asyncio.create_task(self._linearizable_read_loop(), name="read-index"),
             asyncio.create_task(self._compaction_loop(), name="mvcc-compaction"),
@@ -230,7 +236,7 @@ class EtcdServer:
             raise StartupError(f"cannot open the backend {cfg.backend_path!r}: {text}") from None
 
     def _on_raft_loop_exit(self, task: asyncio.Task[None]) -> None:
-        """The raft loop only ends when the server stops; anything else is fatal (etcd panics).
+        """The raft loop and the apply task only end when the server stops; anything else is fatal (etcd panics).
 
         Serving on without it would leave clients waiting for entries that are never applied.
         """
@@ -242,7 +248,7 @@ class EtcdServer:
             exc_info=(type(exc), exc, exc.__traceback__) if exc else None,
         )
         self.exit_code = 1
-        self._tasks.append(asyncio.create_task(self.stop(), name="fatal-stop"))
+        self._spawn(self.stop(), "fatal-stop")
 
     async def _campaign_if_sole_voter(self) -> None:
         """A one-voter cluster needs no election timeout to find out it wins.
@@ -392,7 +398,7 @@ class EtcdServer:
             extra={"fields": {"local-member-id": f"{self.member_id:x}", "reported-by": f"{by_peer:x}"}},
         )
         if not self._stopped:
-            self._tasks.append(asyncio.create_task(self._stop_removed(), name="removed"))
+            self._spawn(self._stop_removed(), "removed")
 
     def _snapshot_source(self, m: Message) -> SnapshotSource:
         """etcd's merged snapshot: the MVCC store as applied right now, described at the applied index.
@@ -426,12 +432,38 @@ class EtcdServer:
         """After a crash between saving a received snapshot and installing its store, finish the install."""
         assert self.kv is not None
         snap = Snapshotter(self.cfg.snap_dir).load()
-        if snap is None or snap.is_empty() or self.kv.consistent_index >= snap.metadata.index:
+        if snap is not None and not snap.is_empty() and self.kv.consistent_index < snap.metadata.index:
+            path = snapshot_db_path(self.cfg.snap_dir, snap.metadata.index)
+            if os.path.exists(path):
+                self.log.info("installing saved snapshot database", extra={"fields": {"index": snap.metadata.index}})
+                self.kv.restore_from(path)
+        self._remove_installed_snapshot_dbs()
+
+    def _remove_installed_snapshot_dbs(self) -> None:
+        """Delete received `<index>.snap.db` files the store already holds (installed, or overtaken).
+
+        Each is a full copy of the database; etcd consumes the file by renaming it into
+        place. One the store has not reached yet may still be installed, so it stays.
+        """
+        assert self.kv is not None
+        applied = self.kv.consistent_index
+        try:
+            names = os.listdir(self.cfg.snap_dir)
+        except FileNotFoundError:
             return
-        path = snapshot_db_path(self.cfg.snap_dir, snap.metadata.index)
-        if os.path.exists(path):
-            self.log.info("installing saved snapshot database", extra={"fields": {"index": snap.metadata.index}})
-            self.kv.restore_from(path)
+        for name in names:
+            if not name.endswith(".snap.db"):
+                continue
+            try:
+                index = int(name[: -len(".snap.db")], 16)
+            except ValueError:
+                continue
+            if index <= applied:
+                try:
+                    os.unlink(os.path.join(self.cfg.snap_dir, name))
+                except FileNotFoundError:
+                    pass
+                self._received_snapshot_dbs.pop(index, None)
 
     async def _lease_ttl_for_peer(self, lease_id: int, keys: bool) -> rpc_pb2.LeaseTimeToLiveResponse:
         return await self._lease_ttl_local(rpc_pb2.LeaseTimeToLiveRequest(ID=lease_id, keys=keys))
@@ -920,15 +952,23 @@ class EtcdServer:
         self.progress.committed_index = max(self.progress.committed_index, index)
         self.progress.term = term
 
-    def apply_snapshot(self, snap: Snapshot) -> None:
-        """Install a snapshot received from the leader: its MVCC store, then everything derived from it."""
+    async def apply_snapshot(self, snap: Snapshot) -> None:
+        """Install a snapshot received from the leader: its MVCC store, then everything derived from it.
+
+        Runs on the apply task, never in the raft loop: loading the file into a new RocksDB
+        and rebuilding the index happen on a worker thread while the old store keeps
+        serving; only the swap itself (after in-flight worker-thread users finished) is
+        on the loop. The received file is deleted once installed (etcd renames it into place).
+        """
         path = self._received_snapshot_dbs.pop(snap.metadata.index, None)
         if path is None:
             path = snapshot_db_path(self.cfg.snap_dir, snap.metadata.index)
         assert self.kv is not None
         if os.path.exists(path) and self.kv.consistent_index < snap.metadata.index:
-            self.kv.restore_from(path)
-            self._after_store_restored()
+            leased = await self.kv.restore_from_async(path, collect_leased=True)
+            self._resolve_compaction_waiters(everything=True)
+            self._after_store_restored(leased)
+        await asyncio.to_thread(self._remove_installed_snapshot_dbs)
         old_members = set(self.cluster.members)
         self.cluster = RaftCluster.from_json(snap.data)
         if self.transport is not None:
@@ -945,8 +985,15 @@ class EtcdServer:
         self.progress.snapshot_index = snap.metadata.index
         self.applied_wait.trigger(snap.metadata.index)
 
-    def apply_entries(self, entries: list[Entry]) -> None:
+    async def apply_entries(self, entries: list[Entry]) -> None:
+        """Apply committed entries in order, yielding to the loop every APPLY_SLICE_SECONDS.
+
+        A follower catching up gets thousands of entries at once; yielding between them
+        keeps reads, watches and the raft loop going meanwhile (nothing else applies, so
+        the order is kept).
+        """
         p = self.progress
+        deadline = time.perf_counter() + APPLY_SLICE_SECONDS
         for ent in entries:
             if ent.index <= p.applied_index:
                 continue
@@ -956,6 +1003,10 @@ class EtcdServer:
                 self._apply_normal(ent)
             p.applied_index = ent.index
             p.applied_term = ent.term
+            if time.perf_counter() >= deadline:
+                self.applied_wait.trigger(p.applied_index)
+                await asyncio.sleep(0)
+                deadline = time.perf_counter() + APPLY_SLICE_SECONDS
         self.applied_wait.trigger(p.applied_index)
         self._maybe_trigger_snapshot()
 
@@ -1016,7 +1067,7 @@ class EtcdServer:
                 "the member has been permanently removed from the cluster",
                 extra={"fields": {"local-member-id": f"{self.member_id:x}"}},
             )
-            self._tasks.append(asyncio.create_task(self._stop_removed(), name="removed"))
+            self._spawn(self._stop_removed(), "removed")
 
     def _apply_membership(self, cc: ConfChange) -> None:
         if cc.type in (ConfChangeType.ADD_NODE, ConfChangeType.ADD_LEARNER_NODE):
@@ -1050,11 +1101,14 @@ class EtcdServer:
         if self.transport is not None and m.id != self.member_id:
             self.transport.update_peer(m.id, m.peer_urls)
 
-    def _after_store_restored(self) -> None:
-        """Everything built from the MVCC store is rebuilt after a snapshot replaced it."""
+    def _after_store_restored(self, leased: list[tuple[bytes, int]] | None = None) -> None:
+        """Everything built from the MVCC store is rebuilt after a snapshot replaced it.
+
+        `leased` (key, lease) of every live key, collected off the loop with the restore.
+        """
         assert self.kv is not None
         if self.lessor is not None:
-            self.lessor.recover(self.kv.backend, self.kv)
+            self.lessor.recover(self.kv.backend, self.kv, leased)
         if self.watchable is not None:
             self.watchable.restore()
         if self.auth_store is not None:
@@ -1133,7 +1187,8 @@ class EtcdServer:
 
     def _maybe_trigger_snapshot(self) -> None:
         p = self.progress
-        if self._snapshotting or p.applied_index - p.snapshot_index <= self.cfg.snapshot_count:
+        since = max(p.snapshot_index, self._snapshot_failed_at)
+        if self._snapshotting or p.applied_index - since <= self.cfg.snapshot_count:
             return
         assert self.raft is not None and self.kv is not None
         self._snapshotting = True
@@ -1148,13 +1203,28 @@ class EtcdServer:
                     index, conf_state, data, self.cfg.snapshot_catchup_entries, self._sync_backend
                 )
                 self.progress.snapshot_index = index
+                await asyncio.to_thread(self._remove_installed_snapshot_dbs)
             except Exception:
+                # Not retried on every apply pass: the next try comes after another
+                # snapshot-count entries, as if this one had been taken.
+                self._snapshot_failed_at = index
                 self.log.exception("snapshot failed")
             finally:
                 self._snapshotting = False
 
         # Runs inside the raft loop's pass, serialised with WAL writes by the single disk thread.
-        self._tasks.append(asyncio.create_task(snapshot(), name="snapshot"))
+        self._spawn(snapshot(), "snapshot")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A background task that `stop` waits for, dropped from the list once it is done."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.append(task)
+        task.add_done_callback(self._forget_task)
+        return task
+
+    def _forget_task(self, task: asyncio.Task[None]) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
 
     def _sync_backend(self) -> None:
         """Make every applied write durable in RocksDB (flushes memtables; blocking, for a worker thread)."""

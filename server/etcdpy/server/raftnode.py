@@ -9,10 +9,19 @@ it in the order Raft requires:
 3. HardState and entries are written to the WAL with one fdatasync on a worker
    thread, so the event loop keeps accepting proposals meanwhile — everything
    proposed during that fsync is in the next Ready: group commit;
-4. a follower sends its messages once its log is durable;
-5. the committed entries (and an incoming snapshot) go to the server's apply
-   step, which runs on the loop thread after they are durable here;
+4. the committed entries (and an incoming snapshot) are handed, once durable
+   here, to the apply task through a FIFO queue (etcd's `applyc` + FIFO
+   scheduler): the raft loop does not wait for them to be applied, so ticks,
+   steps, sends and persistence go on while MVCC applies, installs a snapshot or
+   compacts. Only a follower with a committed conf change waits for the apply
+   task to catch up before it sends (etcd does the same: votes of removed
+   members must not count);
+5. a follower sends its messages once its log is durable;
 6. `advance`.
+
+The queue is bounded in entries by etcd's maxGapBetweenApplyAndCommitIndex
+(5000): past that the raft loop waits for the apply task (a leader refuses new
+proposals long before, with ErrTooManyRequests).
 """
 
 from __future__ import annotations
@@ -21,12 +30,24 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from etcdpy.raft import RawNode
 from etcdpy.raft.storage import MemoryStorage
-from etcdpy.raft.types import ConfChange, ConfState, Entry, Message, ReadState, Snapshot, SoftState, StateType
+from etcdpy.raft.types import (
+    ConfChange,
+    ConfState,
+    Entry,
+    EntryType,
+    Message,
+    ReadState,
+    Snapshot,
+    SoftState,
+    StateType,
+)
 from etcdpy.snap import Snapshotter
 from etcdpy.wal import WAL, WalSnapshot
 
@@ -40,9 +61,22 @@ class ReadyHandler(Protocol):
 
     def on_committed_index(self, index: int, term: int) -> None: ...
 
-    def apply_snapshot(self, snap: Snapshot) -> None: ...
+    def apply_snapshot(self, snap: Snapshot) -> Awaitable[None]: ...
 
-    def apply_entries(self, entries: list[Entry]) -> None: ...
+    def apply_entries(self, entries: list[Entry]) -> Awaitable[None]: ...
+
+
+APPLY_QUEUE_MAX_ENTRIES = 5000
+"""etcd's maxGapBetweenApplyAndCommitIndex: entries handed to the apply task and not applied yet."""
+
+
+@dataclass
+class ToApply:
+    """One Ready's share for the apply task (etcd's toApply): a snapshot and/or committed entries."""
+
+    entries: list[Entry]
+    snapshot: Snapshot | None = None
+    applied: asyncio.Future[None] | None = field(default=None)
 
 
 class Transport(Protocol):
@@ -83,6 +117,11 @@ class RaftNode:
         self.fsync_seconds_total = 0.0
         self.fsync_count = 0
         self.on_persist: Callable[[float], None] | None = None  # seconds of each WAL save+fsync (metrics)
+        self._applyq: deque[ToApply] = deque()
+        self._apply_wake = asyncio.Event()
+        self._apply_space = asyncio.Event()
+        self._apply_space.set()
+        self._pending_entries = 0
 
     # -- inputs (all on the loop thread) -------------------------------------------------
 
@@ -129,6 +168,48 @@ class RaftNode:
             while not self._stopped and self.node.has_ready():
                 await self._handle_ready(handler)
 
+    async def run_apply(self, handler: ReadyHandler) -> None:
+        """The apply task: take what the raft loop handed over, in order, and apply it.
+
+        Ends once the raft loop has stopped and everything it handed over is applied.
+        """
+        while True:
+            while not self._applyq:
+                if self._stopped:
+                    return
+                self._apply_wake.clear()
+                await self._apply_wake.wait()
+            ap = self._applyq[0]
+            try:
+                if ap.snapshot is not None:
+                    await handler.apply_snapshot(ap.snapshot)
+                if ap.entries:
+                    await handler.apply_entries(ap.entries)
+            finally:
+                self._applyq.popleft()
+                self._pending_entries -= len(ap.entries)
+                if self._pending_entries <= APPLY_QUEUE_MAX_ENTRIES:
+                    self._apply_space.set()
+                if ap.applied is not None and not ap.applied.done():
+                    ap.applied.set_result(None)
+
+    @property
+    def apply_backlog(self) -> int:
+        """Committed entries handed to the apply task and not applied yet."""
+        return self._pending_entries
+
+    async def _hand_to_apply(self, entries: list[Entry], snap: Snapshot | None, wait: bool) -> None:
+        """Queue one Ready's committed entries/snapshot for the apply task; `wait` until applied."""
+        while self._pending_entries > APPLY_QUEUE_MAX_ENTRIES and not self._stopped:
+            self._apply_space.clear()
+            await self._apply_space.wait()
+        ap = ToApply(entries, snap, asyncio.get_running_loop().create_future() if wait else None)
+        self._applyq.append(ap)
+        self._pending_entries += len(entries)
+        self._apply_wake.set()
+        if ap.applied is not None:
+            await ap.applied
+
     async def _handle_ready(self, handler: ReadyHandler) -> None:
         rd = self.node.ready()
         if rd.soft_state is not None:
@@ -142,18 +223,19 @@ class RaftNode:
             await self._persist_snapshot(rd.snapshot)
         if rd.entries or (rd.hard_state is not None and not rd.hard_state.is_empty()):
             await self._persist(rd.hard_state, rd.entries)
-        if rd.snapshot is not None and not rd.snapshot.is_empty():
-            self.storage.apply_snapshot(rd.snapshot)
-            handler.apply_snapshot(rd.snapshot)
+        snap = rd.snapshot if rd.snapshot is not None and not rd.snapshot.is_empty() else None
+        if snap is not None:
+            self.storage.apply_snapshot(snap)
         if rd.entries:
             self.storage.append(rd.entries)
         if rd.hard_state is not None and not rd.hard_state.is_empty():
             self.storage.set_hard_state(rd.hard_state)
             handler.on_committed_index(rd.hard_state.commit, rd.hard_state.term)
+        if snap is not None or rd.committed_entries:
+            conf_change = any(e.type == EntryType.CONF_CHANGE for e in rd.committed_entries)
+            await self._hand_to_apply(rd.committed_entries, snap, wait=conf_change and not self.is_leader)
         if not self.is_leader and rd.messages:
             self.transport.send(rd.messages)
-        if rd.committed_entries:
-            handler.apply_entries(rd.committed_entries)
         self.node.advance(rd)
 
     async def _persist(self, hs: object, entries: list[Entry]) -> None:
@@ -195,6 +277,8 @@ class RaftNode:
     def stop(self) -> None:
         self._stopped = True
         self._wake.set()
+        self._apply_wake.set()
+        self._apply_space.set()
 
     def close(self) -> None:
         self._disk.shutdown(wait=True)
