@@ -200,3 +200,20 @@ def test_snapshot_restore_builds_off_the_loop(tmp_path: Path, store: KVStore) ->
         asyncio.run(run())
     finally:
         target.close()
+
+
+def test_heap_freezer_freezes_after_enough_applied_entries() -> None:
+    """Long-lived objects leave the full collections' walk: at start, then every N applied entries."""
+    import gc
+
+    from etcdpy.server.heap import HeapFreezer
+
+    kept = [[i] for i in range(1000)]  # long-lived, GC-tracked objects
+    h = HeapFreezer(every=100)
+    h.applied(60)
+    assert h.freezes == 0
+    h.applied(60)
+    assert h.freezes == 1 and gc.get_freeze_count() >= len(kept)
+    h.applied(99)
+    assert h.freezes == 1
+    gc.unfreeze()

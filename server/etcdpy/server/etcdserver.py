@@ -56,6 +56,7 @@ from etcdpy.rafthttp import (
 from etcdpy.server.apply import Applier, ApplyResult, is_txn_read_only
 from etcdpy.server.apply_auth import AuthApplier
 from etcdpy.server.force_new_cluster import force_new_cluster
+from etcdpy.server.heap import HeapFreezer
 from etcdpy.server.idutil import IdGenerator
 from etcdpy.server.maintenance import MaintenanceOps
 from etcdpy.server.membership import (
@@ -128,6 +129,7 @@ class EtcdServer:
         self._compaction_wake = asyncio.Event()
         self._compaction_waiters: list[tuple[CompactionJob, asyncio.Future[None]]] = []
         self.metrics = ServerMetrics()  # hot counters; the rest is read at scrape time
+        self.heap = HeapFreezer()  # keeps full GC walks of the MVCC index off the loop
         self.ready = asyncio.Event()
         self._has_leader = asyncio.Event()
 
@@ -206,6 +208,7 @@ class EtcdServer:
         ]
         if self.kv.next_compaction() is not None:
             self._compaction_wake.set()
+        self.heap.freeze()  # the index built at start-up is long-lived
         self._tasks.append(asyncio.create_task(self._campaign_if_sole_voter(), name="campaign"))
         self._tasks.append(asyncio.create_task(self._publish(), name="publish"))
         assert self.lessor is not None
@@ -968,6 +971,7 @@ class EtcdServer:
             leased = await self.kv.restore_from_async(path, collect_leased=True)
             self._resolve_compaction_waiters(everything=True)
             self._after_store_restored(leased)
+            self.heap.freeze()  # a new index: out of the full collections' way
         await asyncio.to_thread(self._remove_installed_snapshot_dbs)
         old_members = set(self.cluster.members)
         self.cluster = RaftCluster.from_json(snap.data)
@@ -1008,6 +1012,7 @@ class EtcdServer:
                 await asyncio.sleep(0)
                 deadline = time.perf_counter() + APPLY_SLICE_SECONDS
         self.applied_wait.trigger(p.applied_index)
+        self.heap.applied(len(entries))
         self._maybe_trigger_snapshot()
 
     def _apply_normal(self, ent: Entry) -> None:
