@@ -197,3 +197,70 @@ def test_raft_loop_does_not_wait_for_apply(tmp_path: Path) -> None:
             await s.stop()
 
     asyncio.run(run())
+
+
+def test_abandoned_applied_waits_are_removed() -> None:
+    """A wait for an index never reached (e.g. a forged token's) must not stay registered."""
+
+    async def run() -> None:
+        wt = WaitTime()
+        for _ in range(100):
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.001):
+                    await wt.wait(1 << 62)
+        assert len(wt) <= 1
+        ok = wt.wait(5)
+        wt.trigger(5)
+        assert ok.done() and len(wt) == 0
+
+    asyncio.run(run())
+
+
+def test_forged_token_index_is_refused_without_a_lasting_wait(tmp_path: Path) -> None:
+    """A token whose index was never committed: refused after one ReadIndex round, nothing left waiting."""
+    from etcdpy.api.auth import auth_info_from_metadata
+
+    async def run() -> None:
+        s = await _started(_cfg(tmp_path))
+        try:
+            assert s.auth_store is not None
+            s.auth_store._enabled = True  # only the token check is exercised here
+            forged = [("token", "abcdefghijklmnop.%d" % (1 << 40))]
+            async with asyncio.timeout(s.cfg.request_timeout / 2):
+                with pytest.raises(errors.ErrInvalidAuthToken):
+                    await auth_info_from_metadata(s, forged)
+            assert len(s.applied_wait) == 0
+        finally:
+            await s.stop()
+
+    asyncio.run(run())
+
+
+def test_cancelled_member_change_leaves_no_wait_behind(tmp_path: Path) -> None:
+    """propose-and-wait for a conf change: a caller that goes away is unregistered (as for requests)."""
+    from etcdpy.server import reconfig
+
+    async def run() -> None:
+        s = await _started(_cfg(tmp_path))
+        gate = asyncio.Event()
+        real_apply = s.apply_entries
+
+        async def held_apply(entries: list[object]) -> None:
+            await gate.wait()
+            await real_apply(entries)  # type: ignore[arg-type]
+
+        try:
+            s.apply_entries = held_apply  # type: ignore[method-assign]
+            task = asyncio.create_task(reconfig.add_member(s, ["http://127.0.0.1:2"], is_learner=True))
+            async with asyncio.timeout(10):
+                while len(s.wait) == 0:
+                    await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert len(s.wait) == 0
+        finally:
+            gate.set()
+            await s.stop()
+
+    asyncio.run(run())

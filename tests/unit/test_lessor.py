@@ -569,3 +569,22 @@ def _logger():  # type: ignore[no-untyped-def]
     import logging
 
     return logging.getLogger("test_lessor")
+
+
+def test_keep_alives_do_not_grow_the_expiry_heap(lessor: Lessor, clock: FakeClock) -> None:
+    """etcd updates a lease's queue entry in place; 200k renewals must not leave 200k entries."""
+    grant(lessor, 1, 10)
+    grant(lessor, 2, 10)
+    t0 = clock.now
+    lessor.promote(0.0)  # both deadlines at t0+10
+    for _ in range(20000):
+        clock.advance(0.0001)
+        lessor.renew(1)
+    assert len(lessor._heap) <= 4, f"{len(lessor._heap)} heap entries for 2 leases"
+    # Deadlines still hold: lease 2 expires at t0+10, lease 1 at its renewed deadline (t0+12) only.
+    clock.advance(t0 + 10.5 - clock.now)
+    assert [le.id for le in lessor.find_expired(10)] == [2]
+    clock.advance(1.0)
+    assert [le.id for le in lessor.find_expired(10)] == []
+    clock.advance(1.0)
+    assert [le.id for le in lessor.find_expired(10)] == [1]

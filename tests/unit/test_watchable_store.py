@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -700,3 +700,27 @@ def test_progress_interval_has_jitter_and_a_floor(store: WatchableStore) -> None
     assert all(600.0 <= v <= 660.0 for v in vals) and len(vals) > 1
     sws.server.cfg.watch_progress_notify_interval = 0.001
     assert 0.1 <= sws.service.progress_interval() <= 0.11
+
+
+def test_control_responses_stay_within_the_channel_bound(store: WatchableStore) -> None:
+    """A client sending creates without reading is paused (etcd's bounded ctrlStream), not buffered."""
+    sws = _api_stream(store)
+    cap = sws.ws.ch.capacity
+
+    async def requests() -> AsyncIterator[rpc_pb2.WatchRequest]:
+        for i in range(3 * cap):
+            # refused creates: each is answered (created+canceled) but adds no watcher, so no room
+            yield rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=b"z%d" % i, range_end=b"a"))
+
+    async def run() -> None:
+        recv = asyncio.create_task(sws.recv_loop(requests()))
+        await asyncio.sleep(0.05)
+        assert not recv.done() and len(sws.ws.ch) <= cap, f"{len(sws.ws.ch)} queued, bound {cap}"
+        got = 0
+        while got < 3 * cap:
+            got += len(sws.ws.ch.take())
+            await asyncio.sleep(0)
+            assert len(sws.ws.ch) <= cap
+        await recv
+
+    asyncio.run(run())

@@ -90,12 +90,17 @@ async def auth_info_from_metadata(
     if index is None:
         raise errors.ErrInvalidAuthToken()
     if index > server.progress.applied_index:
-        # The token may come from an Authenticate entry this member has not applied yet.
+        # The token may come from an Authenticate entry this member has not applied yet. That
+        # entry was committed before the token was handed out, so once this member has applied
+        # everything committed now (a ReadIndex round) it has it, or the index is forged: no
+        # wait for an index that may never come, and nothing left registered.
         try:
             async with asyncio.timeout(server.cfg.request_timeout):
-                await server.applied_wait.wait(index)
-        except TimeoutError:
+                await server.linearizable_read_notify()
+        except (TimeoutError, errors.EtcdError):
             raise errors.ErrInvalidAuthToken() from None
+        if index > server.progress.applied_index:
+            raise errors.ErrInvalidAuthToken()
     return store.auth_info_from_token(token)
 
 

@@ -162,6 +162,7 @@ class ServerWatchStream:
         self, requests: AsyncIterator[rpc_pb2.WatchRequest], context: grpc.aio.ServicerContext | None = None
     ) -> None:
         async for req in requests:
+            await self.ws.ch.wait_room()  # control responses stay within the channel bound
             if context is not None and req.WhichOneof("request_union") == "create_request":
                 if not await self.permitted(req.create_request, context):
                     continue

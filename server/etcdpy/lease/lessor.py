@@ -118,10 +118,14 @@ class Lessor:
         self._leases: dict[int, Lease] = {}
         self._item_map: dict[bytes, int] = {}
         self._primary = False
-        # etcd's LeaseExpiredNotifier as a lazy heap: an entry is current only while
-        # _notify_at[id] still holds its time; stale entries are dropped when they surface.
+        # etcd's LeaseExpiredNotifier as a lazy heap with at most one live entry per lease
+        # (etcd updates its entry in place): _queued_at[id] is the time of that entry and
+        # _notify_at[id] the time wanted now. A renewal only moves the wanted time later;
+        # the entry is moved when it surfaces. Entries whose time is not _queued_at[id]
+        # are stale and dropped when they surface.
         self._heap: list[tuple[float, int]] = []
         self._notify_at: dict[int, float] = {}
+        self._queued_at: dict[int, float] = {}
         self._waiters: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ recovery
@@ -184,6 +188,7 @@ class Lessor:
         if lease is None:
             raise errors.ErrLeaseNotFound()
         self._notify_at.pop(lease_id, None)
+        self._queued_at.pop(lease_id, None)
         for key in sorted(lease.keys):
             txn.delete_range(key, None)
             if self._item_map.get(key) == lease_id:
@@ -364,20 +369,35 @@ class Lessor:
 
     def _register(self, lease_id: int, at: float) -> None:
         self._notify_at[lease_id] = at
+        queued = self._queued_at.get(lease_id)
+        if queued is not None and queued <= at:
+            return  # the queued entry surfaces first and is moved to `at` then (no growth per renewal)
+        self._queued_at[lease_id] = at
         heapq.heappush(self._heap, (at, lease_id))
 
     def _peek(self) -> tuple[float, int] | None:
         heap = self._heap
-        while heap:
+        while heap:  # each pass pops, moves or returns: bounded by the live entries
             at, lease_id = heap[0]
-            if self._notify_at.get(lease_id) == at:
-                return at, lease_id
-            heapq.heappop(heap)
+            if self._queued_at.get(lease_id) != at:
+                heapq.heappop(heap)  # stale: superseded by an earlier entry
+                continue
+            wanted = self._notify_at.get(lease_id)
+            if wanted is None:
+                heapq.heappop(heap)
+                del self._queued_at[lease_id]
+                continue
+            if wanted > at:  # renewed since it was queued: move it
+                heapq.heapreplace(heap, (wanted, lease_id))
+                self._queued_at[lease_id] = wanted
+                continue
+            return at, lease_id
         return None
 
     def _clear_notifier(self) -> None:
         self._heap.clear()
         self._notify_at.clear()
+        self._queued_at.clear()
 
 
 def _persist(lease: Lease, batch: Batch) -> None:

@@ -145,6 +145,9 @@ async def configure(s: EtcdServer, cc: ConfChange) -> list[Member]:
     except TimeoutError:
         s.wait.trigger(cc.id, None)
         raise s.timeout_error(start) from None
+    except asyncio.CancelledError:  # the client went away: its registration must not stay behind
+        s.wait.trigger(cc.id, None)
+        raise
     if result is None:
         raise errors.ErrStopped()
     if result.err is not None:

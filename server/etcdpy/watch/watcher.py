@@ -106,15 +106,20 @@ class WatchChannel:
 
     `try_send` refuses when full (the store then parks the watcher as a victim
     instead of blocking a write); `force` always appends, for control responses
-    that the API layer must not lose (created, canceled, progress). `on_space`
-    is called when the consumer takes items, so victims are retried as soon as
-    there is room rather than on a timer.
+    that the API layer must not lose (created, canceled, progress). The API layer
+    awaits `wait_room` before handling each client request, so those stay within
+    the bound too (etcd's recvLoop blocks on its bounded ctrlStream the same way:
+    a client that sends requests without reading is slowed down, not buffered).
+    `on_space` is called when the consumer takes items, so victims are retried as
+    soon as there is room rather than on a timer.
     """
 
     def __init__(self, capacity: int = DEFAULT_CHANNEL_CAPACITY, on_space: Callable[[], None] | None = None) -> None:
         self.capacity = capacity
         self._q: deque[Any] = deque()
         self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
         self._on_space = on_space
         self.closed = False
 
@@ -138,6 +143,12 @@ class WatchChannel:
             self._q.append(item)
             self._ready.set()
 
+    async def wait_room(self) -> None:
+        """Until fewer than `capacity` items are queued (or the channel is closed)."""
+        while len(self._q) >= self.capacity and not self.closed:
+            self._room.clear()
+            await self._room.wait()
+
     async def wait(self) -> None:
         """Until something is queued (or the channel is closed)."""
         while not self._q and not self.closed:
@@ -149,6 +160,8 @@ class WatchChannel:
         q = self._q
         n = len(q) if max_items <= 0 else min(max_items, len(q))
         out = [q.popleft() for _ in range(n)]
+        if out:
+            self._room.set()
         if out and self._on_space is not None:
             self._on_space()
         return out
@@ -157,6 +170,7 @@ class WatchChannel:
         self.closed = True
         self._q.clear()
         self._ready.set()
+        self._room.set()
 
 
 class Watcher:
