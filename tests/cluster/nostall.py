@@ -101,7 +101,7 @@ def fill(cluster: Cluster, keys: int, versions: int, seed: int) -> float:
                         if attempt == 4:
                             raise
                         time.sleep(0.5)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
             errors.append(exc)
         finally:
             cl.close()
@@ -152,7 +152,7 @@ class Prober:
                     resp = cl.kv.Range(cl.pb.RangeRequest(key=PROBE_KEY), timeout=self.timeout)
                     latency = time.monotonic() - t0
                     self.terms.add(resp.header.raft_term)
-                except Exception:
+                except Exception:  # noqa: BLE001 - a failed probe counts as infinitely slow
                     latency = math.inf
                 t1 = time.monotonic()
                 self.samples.append((t0, t1, latency))
@@ -271,6 +271,6 @@ def _serializable_count(cl: GrpcClient) -> int:
         resp = cl.kv.Range(
             cl.pb.RangeRequest(key=PREFIX, range_end=PREFIX[:-1] + b"0", count_only=True, serializable=True), timeout=5
         )
-    except Exception:
+    except Exception:  # noqa: BLE001 - not up yet
         return -1
     return int(resp.count)

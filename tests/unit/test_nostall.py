@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-
 from etcdpy.mvcc import KVStore
 from etcdpy.pb import rpc_pb2
 from etcdpy.server.apply import Applier
