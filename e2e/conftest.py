@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -35,16 +36,24 @@ def results_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def kube(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
+def kube(request: pytest.FixtureRequest) -> Iterator[Kube]:
     """The Kubernetes API under test: a real cluster if a kubeconfig is given, else the double."""
     path = request.config.getoption("--kubeconfig")
-    k: Kube = RealKube(Path(path)) if path else DoubleKube(tmp_path_factory.mktemp("k8s"))
+    # Our own directory, not pytest's basetemp: concurrent sessions of the same user rotate those away,
+    # and the pod logs and volumes are what a failure is diagnosed from. Removed when the session passed.
+    state = Path(tempfile.mkdtemp(prefix="etcdpy-e2e-"))
+    k: Kube = RealKube(Path(path)) if path else DoubleKube(state)
     request.config.stash[_KUBE_KEY] = k
+    failed_before = request.session.testsfailed
     try:
         yield k
     finally:
         del request.config.stash[_KUBE_KEY]
         k.close()
+        if request.session.testsfailed == failed_before:
+            shutil.rmtree(state, ignore_errors=True)
+        else:
+            print(f"\ne2e state kept for diagnosis: {state}")
 
 
 @pytest.fixture

@@ -20,6 +20,8 @@ from e2ekit import (
     wait_until,
 )
 
+pytestmark = pytest.mark.timeout(1500)  # scenarios wait on real processes; each wait has its own deadline
+
 # point -> (initial replicas, the change that passes through it)
 POINTS: dict[str, tuple[int, dict[str, Any]]] = {
     "after-latch": (1, {"replicas": 3}),

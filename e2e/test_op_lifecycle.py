@@ -20,6 +20,8 @@ from e2ekit import (
 )
 from kubernetes.client.rest import ApiException
 
+pytestmark = pytest.mark.timeout(1500)  # scenarios wait on real processes; each wait has its own deadline
+
 
 def _create(kube: Kube, ns: str, name: str, replicas: int, **spec: Any) -> Writer:
     kube.create_etcdcluster(ns, name, {"replicas": replicas, **spec})

@@ -24,6 +24,8 @@ from e2ekit import (
     wait_until,
 )
 
+pytestmark = pytest.mark.timeout(1500)  # scenarios wait on real processes; each wait has its own deadline
+
 
 @pytest.mark.e2e_slow
 def test_rolling_change_one_member_at_a_time(operator: Kube, ns: str, timings: dict[str, dict[str, Any]]) -> None:

@@ -11,12 +11,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import fcntl
 import logging
+import os
+import random
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
-from .apiserver import ApiServer
+from .apiserver import ApiServer, Store
 from .kubelet import Node
 
 
@@ -27,11 +31,30 @@ def kubeconfig(port: int) -> str:
             "    namespace: default\ncurrent-context: e2e\n")
 
 
+def reserve_network() -> tuple[int, int]:
+    """A loopback /16 (127.N.0.0) no other test cluster on this machine uses, held by an flock.
+
+    Why: several sessions (and people) run clusters at once; two Pods on one address collide on
+    their ports. Pods get 127.N.0-127.x, Service cluster IPs 127.N.128-255.x. Returns (N, fd).
+    """
+    lock_dir = Path(tempfile.gettempdir()) / "etcdpy-e2e-nets"
+    lock_dir.mkdir(exist_ok=True)
+    for n in random.sample(range(100, 250), 150):
+        fd = os.open(lock_dir / f"{n}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return n, fd
+        except OSError:
+            os.close(fd)
+    raise SystemExit("k8sdouble: no free loopback /16 in 127.100-249")
+
+
 async def serve(state: Path, port: int) -> None:
     """Run until signalled, then stop the node (ending its Pods) and the server."""
-    server = ApiServer()
+    net, _lock = reserve_network()
+    server = ApiServer(Store(service_base=f"127.{net}.128.0"))
     port = await server.start(port=port)
-    node = Node(f"http://127.0.0.1:{port}", state)
+    node = Node(f"http://127.0.0.1:{port}", state, pod_base=f"127.{net}.0.0")
     await node.start()
     tmp = state / "kubeconfig.tmp"
     tmp.write_text(kubeconfig(port))

@@ -125,7 +125,8 @@ class Watcher:
 class Store:
     """All objects, the resourceVersion counter, the event history, and the API rules on them."""
 
-    def __init__(self) -> None:
+    def __init__(self, service_base: str = "127.43.128.0") -> None:
+        self.service_base = ipaddress.ip_address(service_base)
         self.types: dict[tuple[str, str, str], ResourceType] = {}
         self.objects: dict[tuple[str, str], dict[tuple[str, str], Obj]] = {}
         self.rv = 1
@@ -325,7 +326,7 @@ class Store:
         if old is not None:
             spec["clusterIP"] = old["spec"].get("clusterIP")
         elif spec.get("clusterIP") != "None":
-            spec["clusterIP"] = str(ipaddress.ip_address("127.43.0.0") + self.next_ip)
+            spec["clusterIP"] = str(self.service_base + self.next_ip)
             self.next_ip += 1
         if spec.get("clusterIP"):
             spec["clusterIPs"] = [spec["clusterIP"]]

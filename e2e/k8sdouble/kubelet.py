@@ -4,7 +4,7 @@ Why: the operator creates Pods and PVCs and waits for them to become real; nothi
 server does that. This node watches the API like a real one and plays only what a node (and
 the cluster's built-in controllers for volumes) would do:
 
-- binds each Pod to itself (pods/binding), gives it its own loopback address 127.42.x.y,
+- binds each Pod to itself (pods/binding), gives it its own loopback address 127.N.x.y (N reserved per node),
   and runs each container's command+args as a real process in its own mount and UTS namespace
   (`unshare --mount --uts --propagation private`) with the Pod's volumes bind-mounted at their
   mountPaths, Secrets/ConfigMaps materialised as files, an emptyDir per Pod, and the cluster's
@@ -140,6 +140,7 @@ class Container:
         """The container's environment: the 'image' env, service links, then its own env in order."""
         pod = self.pod.obj
         env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
+        env.update(self.pod.node.image_env)
         if pod["spec"].get("enableServiceLinks", True):
             env.update(self.pod.node.service_links(pod["metadata"]["namespace"]))
         for item in self.spec.get("env") or []:
@@ -590,8 +591,9 @@ class PodWorker:
 class Node:
     """The node and the cluster-level controllers it stands in for (provisioner, pvc-protection, proxy, DNS)."""
 
-    def __init__(self, api_url: str, state: Path) -> None:
+    def __init__(self, api_url: str, state: Path, pod_base: str = "127.42.0.0") -> None:
         self.api = Api(api_url)
+        self.pod_base = ipaddress.ip_address(pod_base)
         self.state = state
         self.hosts_file = state / "hosts"
         self.pods: dict[str, Obj] = {}
@@ -605,6 +607,8 @@ class Node:
         self.tasks: list[asyncio.Task[Any]] = []
         self._events: asyncio.Queue[Obj] = asyncio.Queue()
         self._reclaims: asyncio.Queue[str] = asyncio.Queue()
+        # E2E_IMAGE_ENV="K=V;K2=V2": extra environment of every container (the 'image' env), for debugging
+        self.image_env = dict(kv.split("=", 1) for kv in os.environ.get("E2E_IMAGE_ENV", "").split(";") if "=" in kv)
 
     # ---- life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -704,7 +708,7 @@ class Node:
     def allocate_ip(self) -> str:
         while True:
             self.ip_counter += 1
-            ip = str(ipaddress.ip_address("127.42.0.0") + self.ip_counter)
+            ip = str(self.pod_base + self.ip_counter)
             if not ip.endswith((".0", ".255")) and ip not in self.ips_used:
                 self.ips_used.add(ip)
                 return ip
@@ -842,7 +846,10 @@ class Node:
             if ip and ip != "None":
                 lines.append(f"{ip} {names}")
             else:
-                for w in self.endpoints(svc):
+                # A headless name resolves to ONE endpoint here, not all: c-ares (gRPC's resolver) merges
+                # hosts lines that share a name, so listing every endpoint would also give each pod's own
+                # name every other pod's address.
+                for w in self.endpoints(svc)[:1]:
                     lines.append(f"{w.ip} {names}")
             if ip == "None":
                 for w in self.endpoints(svc):

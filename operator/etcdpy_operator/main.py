@@ -63,6 +63,11 @@ def main(argv: list[str] | None = None) -> None:
         interval=args.interval,
     )
     registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)  # an explicit registry has none of kopf's default login handlers
+    def login(**kwargs: object) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)  # type: ignore[arg-type]
+
     handlers.register(registry, runtime)
     if args.metrics_port:
         try:
