@@ -137,6 +137,35 @@ def test_remove_follower(make_cluster: Callable[..., Cluster]) -> None:
     assert len({s["Status"]["leader"] for s in cluster.etcdctl("endpoint", "status", "--cluster")}) == 1
 
 
+def test_member_update_of_two_followers_keeps_quorum(make_cluster: Callable[..., Cluster]) -> None:
+    """Updating the peer URLs of two followers of three, before restarting either, keeps the cluster writable.
+
+    Each still listens at its old URL until it restarts; the leader keeps using the
+    connection it has (etcd keeps the one the member opened), so the quorum stays.
+    """
+    cluster = make_cluster(3)
+    leader = cluster.leader()
+    followers = [m for m in cluster.members if m is not leader]
+    reserved = []
+    for m in followers:
+        port = reserve_port(host=m.host)
+        reserved.append(port)
+        cluster.reconfigure("member", "update", f"{cluster.member_id(m):x}", f"--peer-urls=http://{m.host}:{port.port}")
+    for i in range(5):
+        cluster.etcdctl("put", f"/update2/{i}", "x", endpoints=[leader.endpoint])
+    for m in followers:
+        cl = m.grpc()
+        got = wait_until(
+            lambda cl=cl: cl.kv.Range(cl.pb.RangeRequest(key=b"/update2/4"), timeout=5).kvs,
+            20,
+            f"a linearizable read on {m.name} after both updates",
+        )
+        assert [kv.value for kv in got] == [b"x"]
+    assert cluster.leader(timeout=10) is leader
+    for port in reserved:
+        port.release()
+
+
 def test_member_update_peer_urls_and_restart(make_cluster: Callable[..., Cluster]) -> None:
     """Move a follower to a new peer port: update the membership, restart it listening there."""
     cluster = make_cluster(3)

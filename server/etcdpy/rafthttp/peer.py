@@ -84,6 +84,7 @@ class PeerSender:
         self._snap_channels: dict[str, grpc.aio.Channel] = {}
         self._snap_tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._current_url: str | None = None
         self.active_since: float | None = None
         self.rtt: float | None = None
         self.sent_messages = 0
@@ -118,12 +119,22 @@ class PeerSender:
         await asyncio.gather(*(c.close() for c in chans), return_exceptions=True)
 
     async def update_urls(self, urls: list[str]) -> None:
-        """New peer URLs: drop connections to the old ones and reconnect (the queue is kept)."""
+        """New peer URLs: used from the next (re)connection on; a working stream is kept.
+
+        The member whose URLs changed is still listening where it was until it restarts, so
+        cutting a working stream would cut it off: updating two members of three before
+        restarting them would lose quorum. etcd keeps using the connection the member opened
+        the same way. A peer that is down is redialled at the new URLs at once.
+        """
         for u in urls:
             grpc_target(u)
         gone = [u for u in self.urls if u not in urls]
         self.urls = list(urls)
         self._url_idx = 0
+        current = self._current_url if self.active_since is not None else None
+        if current is not None:
+            await self._close_channels([u for u in gone if u != current])
+            return
         await self.restart_stream()
         await self._close_channels(gone)
 
@@ -228,6 +239,8 @@ class PeerSender:
             if self.active_since is not None:
                 backoff = opts.backoff_initial
             self._deactivate(reason)
+            if url not in self.urls:  # a stream kept across a URL update has ended: its channel goes too
+                await self._close_channels([url])
             self.send_failures += 1
             self.t.call_report_unreachable(self.id)
             self._url_idx += 1
@@ -309,6 +322,7 @@ class PeerSender:
             self._wake.set()
 
     def _activate(self, url: str) -> None:
+        self._current_url = url
         if self.active_since is None:
             self.active_since = time.monotonic()
             self.t.log.info(
