@@ -8,7 +8,10 @@ What it proves, on the image as built (not on the source tree):
   * SIGTERM stops it with exit code 0 within a few seconds, both under the image's tini and
     with `etcdpy` itself as PID 1 (member pods use `command: ["etcdpy"]`, bypassing the entrypoint);
   * data written before a stop is there after a restart with the same volume;
-  * the operator's entry point and its CRDs are in the image (once the operator exists in the tree).
+  * the operator's entry point and its CRDs are in the image (once the operator exists in the tree);
+  * the operator, run from the image as the chart runs it (non-root, read-only root filesystem, only
+    /tmp writable), drives a 1-member EtcdCluster to ready against the e2e suite's Kubernetes API
+    double and test node (e2e/k8sdouble, once it exists), and stops on SIGTERM with exit code 0.
 
 Containers use the host network (podman's bridge range may collide with the host's) on free
 ports picked here, so parallel runs and a packaged etcd on 2379 do not collide with it.
@@ -25,6 +28,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 import urllib.error
@@ -181,6 +185,106 @@ def check_operator(image: str) -> None:
     log("operator entry point ok (etcdpy-operator --help)")
 
 
+class ApiDouble:
+    """e2e/k8sdouble (API double + test node) as a host process, for the operator-in-the-image check."""
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(ROOT / "e2e"), str(ROOT / "server"), str(ROOT / "operator"), os.environ.get("PYTHONPATH", "")]))
+        env.pop("KUBECONFIG", None)
+        # The test node runs member Pods' `etcdpy` from PATH: the one next to this interpreter (a venv) first.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        self.log = open(state / "k8sdouble.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-m", "k8sdouble", str(state), "--die-with-parent"],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        wait_until(lambda: (state / "kubeconfig").exists() or self.proc.poll() is not None, 30, "the API double")
+        if self.proc.poll() is not None:
+            raise SmokeFailure(f"k8sdouble exited: {(state / 'k8sdouble.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        """SIGTERM (it ends its pod processes by PID), then wait."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def check_operator_runs(image: str, workdir: Path) -> None:
+    """The operator from the image, confined as the chart confines it, brings up a 1-member cluster."""
+    if not (ROOT / "e2e" / "k8sdouble" / "__main__.py").is_file():
+        log("no e2e/k8sdouble in this tree yet: operator run check not applicable")
+        return
+    from kubernetes import (  # the host's client: the test side, not the image
+        client,
+        config,
+    )
+
+    double = ApiDouble(workdir)
+    name = f"etcdpy-smoke-op-{uuid.uuid4().hex[:8]}"
+    try:
+        api = config.new_client_from_config(config_file=str(workdir / "kubeconfig"))
+        for crd in sorted((ROOT / "operator" / "etcdpy_operator" / "crds").glob("*.yaml")):
+            client.ApiextensionsV1Api(api).create_custom_resource_definition(yaml_load(crd))
+        client.CoreV1Api(api).create_namespace({"metadata": {"name": "smoke"}})
+        health, metrics = free_ports(2)
+        os.chmod(workdir / "kubeconfig", 0o644)
+        podman("run", "-d", "--name", name, "--network", "host", "--read-only", "--tmpfs", "/tmp",
+               "--user", "10001:10001", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+               "-v", f"{workdir / 'kubeconfig'}:/etc/etcdpy/kubeconfig:ro", "-v", f"{workdir / 'hosts'}:/etc/hosts:ro",
+               "-e", "KUBECONFIG=/etc/etcdpy/kubeconfig", "--entrypoint", "etcdpy-operator", image,
+               "--namespace", "smoke", f"--health-port={health}", f"--metrics-port={metrics}")
+        custom = client.CustomObjectsApi(api)
+        custom.create_namespaced_custom_object("etcd.etcdpy.io", "v1alpha1", "smoke", "etcdclusters", {
+            "apiVersion": "etcd.etcdpy.io/v1alpha1", "kind": "EtcdCluster", "metadata": {"name": "one"},
+            "spec": {"replicas": 1}})
+
+        def ready() -> bool:
+            state = podman("inspect", "--format", "{{.State.Running}}", name, check=False).stdout.strip()
+            if state != "true":
+                logs = podman("logs", "--tail", "40", name, check=False)
+                raise SmokeFailure(f"the operator container exited:\n{(logs.stdout + logs.stderr).strip()}")
+            obj = custom.get_namespaced_custom_object("etcd.etcdpy.io", "v1alpha1", "smoke", "etcdclusters", "one")
+            return bool((obj.get("status") or {}).get("readyMembers") == 1)
+
+        t0 = time.monotonic()
+        wait_until(ready, 180, "the operator (in the image) to report 1 ready member")
+        took = time.monotonic() - t0
+        if http_get(f"http://127.0.0.1:{health}/healthz")[0] != 200:
+            raise SmokeFailure("the operator's /healthz does not answer 200")
+        status, body = http_get(f"http://127.0.0.1:{metrics}/metrics")
+        if status != 200 or "etcdpy_operator_" not in body:
+            raise SmokeFailure(f"the operator's /metrics: {status} {body[:200]!r}")
+        log(f"operator from the image (read-only root, uid 10001) made a 1-member cluster ready in {took:.1f}s; "
+            "/healthz and /metrics answer")
+        t0 = time.monotonic()
+        podman("kill", "--signal", "TERM", name)
+        try:
+            code = podman("wait", name, timeout=STOP_DEADLINE_S + 10).stdout.strip()
+        except subprocess.TimeoutExpired:
+            raise SmokeFailure("the operator still runs 20s after SIGTERM") from None
+        if code != "0":
+            logs = podman("logs", "--tail", "30", name, check=False)
+            raise SmokeFailure(f"the operator exited {code} after SIGTERM: {(logs.stdout + logs.stderr).strip()}")
+        log(f"SIGTERM to the operator: exit 0 after {time.monotonic() - t0:.2f}s")
+    finally:
+        if os.environ.get("ETCDPY_SMOKE_KEEP") != "1":
+            podman("rm", "-f", "--time", "0", name, check=False)
+        double.stop()
+
+
+def yaml_load(path: Path) -> dict[str, object]:
+    """The first YAML document of a file (the CRD files hold one each)."""
+    import yaml  # type: ignore[import-untyped]
+
+    doc: dict[str, object] = yaml.safe_load(path.read_text())
+    return doc
+
+
 class Container:
     """One etcdpy container on the host network with its own ports and a shared named volume."""
 
@@ -271,6 +375,8 @@ def run_checks(image: str) -> None:
         first.remove()
         second.remove()
         podman("volume", "rm", "-f", volume, check=False)
+    with tempfile.TemporaryDirectory(prefix="etcdpy-smoke-") as tmp:
+        check_operator_runs(image, Path(tmp))
 
 
 def main(argv: list[str] | None = None) -> int:
