@@ -31,7 +31,8 @@ from etcdpy_operator.model import (
     peer_service,
 )
 
-CRASH_LOOP_RESTARTS = 3
+# A container that failed this many restarts in a row crash-loops; one kill -9 (or OOM kill) is not that.
+CRASH_LOOP_RESTARTS = 2
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,11 @@ def pod_obs(body: dict[str, Any]) -> PodObs:
         last = (cs.get("lastState") or {}).get("terminated") or state.get("terminated") or {}
         waiting = state.get("waiting") or {}
         failed_exit = bool(last) and int(last.get("exitCode") or 0) != 0
-        crash_looping = waiting.get("reason") == "CrashLoopBackOff" or (
-            restarts >= CRASH_LOOP_RESTARTS and failed_exit and not ready
+        running = "running" in state
+        crash_looping = (
+            restarts >= CRASH_LOOP_RESTARTS
+            and not ready
+            and (waiting.get("reason") == "CrashLoopBackOff" or (failed_exit and not running))
         )
         if failed_exit:
             lines = (last.get("message") or last.get("reason") or "").strip().splitlines()
