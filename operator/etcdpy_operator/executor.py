@@ -107,6 +107,7 @@ async def execute(action: Action, ctx: Context) -> dict[str, Any]:
         if op.type is OpType.BOOTSTRAP and not o.cluster_token:
             fields["clusterToken"] = f"{cluster}-{ctx.uid[:8]}-{secrets.token_hex(4)}"
         await ctx.kube.patch_status(ns, cluster, fields)
+        await _event(ctx, "Normal", action.reason or op.type.value, action.message)
         ctx.crash.hit("after-latch", ctx.log)
         return fields
     elif k is Kind.CLEAR:

@@ -64,10 +64,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     registry = kopf.OperatorRegistry()
 
-    @kopf.on.login(registry=registry)  # an explicit registry has none of kopf's default login handlers
-    def login(**kwargs: object) -> kopf.ConnectionInfo | None:
-        return kopf.login_via_client(**kwargs)  # type: ignore[arg-type]
-
     handlers.register(registry, runtime)
     if args.metrics_port:
         try:

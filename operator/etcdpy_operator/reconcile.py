@@ -66,6 +66,8 @@ async def reconcile_once(rt: Runtime, namespace: str, name: str, log: Any) -> Ou
             await rt.kube.event(body, "Warning", "ActionFailed", error)
     elif action.kind is Kind.BLOCKED:
         log.warning("blocked (%s): %s", action.reason, action.message)
+        if _degraded_reason(body) != action.reason:  # one Event per refusal, not one per reconcile
+            await rt.kube.event(body, "Warning", action.reason, action.message)
     shown = action if not error else Action(Kind.WAIT, reason="ReconcileError", message=error)
     previous = dict(body.get("status") or {})
     previous.update(fields)
@@ -78,6 +80,13 @@ async def reconcile_once(rt: Runtime, namespace: str, name: str, log: Any) -> Ou
     await rt.kube.patch_status(namespace, name, new_status)
     rt.metrics.record(namespace, name, new_status, action.kind.value if action.acts else "", not error)
     return Outcome(action, error)
+
+
+def _degraded_reason(body: dict[str, Any]) -> str:
+    for c in (body.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Degraded" and c.get("status") == "True":
+            return str(c.get("reason", ""))
+    return ""
 
 
 async def run_cluster(rt: Runtime, namespace: str, name: str, stopped: Any, log: Any) -> None:
