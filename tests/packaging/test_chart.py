@@ -112,7 +112,8 @@ def cluster_validator() -> Any:
 
 @pytest.mark.parametrize("values", VALUE_SETS, ids=VALUE_IDS)
 def test_helm_lint_strict(tools: Path, values: Path | None) -> None:
-    p = helm(tools, "lint", "--strict", str(CHART), *(["-f", str(values)] if values else []))
+    p = helm(tools, "lint", "--strict", str(CHART), "--namespace", "etcdpy-system",
+             *(["-f", str(values)] if values else []))
     assert "0 chart(s) failed" in p.stdout, p.stdout + p.stderr
 
 
@@ -244,6 +245,9 @@ def test_namespace_scope_keeps_only_read_access_cluster_wide(tools: Path) -> Non
     ("metrics.port=99999", "/metrics/port"),
     ("watchNamespaces[0]=Not_A_Namespace", "/watchNamespaces/0"),
     ("rbac.create=maybe", "/rbac/create"),
+    ("cluster.spec.replicas=12", "at '/cluster/spec/replicas': maximum: got 12, want 9"),
+    ("cluster.spec.storage.sizee=1Gi", "at '/cluster/spec/storage': additional properties 'sizee' not allowed"),
+    ("cluster.spec.etcd.autoCompactionMode=daily", "/cluster/spec/etcd/autoCompactionMode"),
 ])
 def test_values_schema_refuses_bad_values(tools: Path, setting: str, message: str) -> None:
     p = helm(tools, "template", "x", str(CHART), "--set", setting, check=False)
