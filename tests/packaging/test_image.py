@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = ["scripts/image-build", "scripts/image-smoke", "scripts/podman-env"]
+SCRIPTS = ["scripts/image-build", "scripts/image-smoke", "scripts/podman-env", "scripts/k8s-tools", "scripts/e2e-kind"]
 
 
 def dockerfile_stages() -> tuple[list[str], list[list[str]]]:
