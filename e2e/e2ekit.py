@@ -336,14 +336,14 @@ class RealKube(Kube):
                         "sh", "-c", script], check=False, timeout=60, capture_output=True)
 
     def kill_pod_process(self, ns: str, pod: str, container: str = "etcd") -> None:
-        self._exec(ns, pod, "kill -9 1")
+        self._exec(ns, pod, "kill 1")  # PID 1 of a container ignores SIGKILL sent from inside it
 
     def wipe_volume(self, ns: str, pvc: str) -> None:
-        self._exec(ns, pvc, "rm -rf /var/lib/etcd/* ; kill -9 1")
+        self._exec(ns, pvc, "rm -rf /var/lib/etcd/* ; kill 1")
 
     def corrupt_volume(self, ns: str, pvc: str) -> None:
         self._exec(ns, pvc, "for f in $(find /var/lib/etcd -type f); do "
-                            "dd if=/dev/urandom of=$f bs=1 count=4096 seek=64 conv=notrunc 2>/dev/null; done; kill -9 1")
+                            "dd if=/dev/urandom of=$f bs=1 count=4096 seek=64 conv=notrunc 2>/dev/null; done; kill 1")
 
     def close(self) -> None:
         for proc, _ in self.forwards.values():
