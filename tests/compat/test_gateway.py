@@ -520,3 +520,23 @@ def test_watch_ends_when_the_client_disconnects(member: Member, prefix: str) -> 
     finally:
         s.close()
     wait_until(lambda: _watch_calls(member)[1] >= handled0 + 1, 30, "the watch stream to end after disconnect")
+
+
+def test_front_in_its_own_process(make_cluster: Any, monkeypatch: pytest.MonkeyPatch, streams: list[Stream]) -> None:
+    """ETCDPY_CLIENT_FRONT=process (the relay in a child process): gRPC, HTTP and gateway streams all pass.
+
+    (etcd ignores the variable, so there the test just repeats the basics.)
+    """
+    monkeypatch.setenv("ETCDPY_CLIENT_FRONT", "process")
+    m = make_cluster(1).members[0]
+    assert body_of(ok(m, "/v3/kv/put", {"key": b64("p"), "value": b64("1")}), 2) == {}
+    s = open_stream(streams, m, "/v3/watch", {"create_request": {"key": b64("p"), "start_revision": 2}})
+    assert body_of(s.result(), 2) == {"created": True}
+    assert body_of(s.result(), 2) == {"events": [{"kv": kv("p", "1", 2, 2, 1)}]}
+    assert json.loads(call(m, "/health", method="GET").body)["health"] == "true"
+    client = m.grpc()
+    try:
+        resp = client.kv.Range(client.pb.RangeRequest(key=b"p"), timeout=10)
+    finally:
+        client.close()
+    assert [x.value for x in resp.kvs] == [b"1"]

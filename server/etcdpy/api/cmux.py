@@ -454,9 +454,6 @@ def run_front_process(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(run_front_process())
-
 
 async def connect_unix(path: str) -> socket.socket:
     """A connected unix socket; made here because not every event loop (uvloop) takes abstract names."""
@@ -481,3 +478,8 @@ def listen_unix(path: str) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+# Last, so that every helper above exists when the front process runs this module as __main__.
+if __name__ == "__main__":
+    raise SystemExit(run_front_process())
