@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # One image for the etcdpy server (and its tools) and the etcdpy operator:
 #   default command: etcdpy on etcd's defaults, data in /var/lib/etcd/default.etcd
 #   operator:        command ["etcdpy-operator", ...]   (the Helm chart's Deployment)

@@ -88,3 +88,17 @@ def test_runner_selects_the_same_scenarios_as_the_default_e2e_run() -> None:
     default = collected(["python3", "-m", "pytest", "e2e/"])
     assert default, "the default e2e run collects no scenarios"
     assert collected(runner_argv) == default
+
+
+@pytest.mark.parametrize(("ref", "name"), [
+    ("etcdpy:0.1.0", "docker.io/library/etcdpy:0.1.0"),
+    ("team/etcdpy:1", "docker.io/team/etcdpy:1"),
+    ("registry.example.com/etcdpy:1", "registry.example.com/etcdpy:1"),
+    ("localhost:5000/etcdpy:1", "localhost:5000/etcdpy:1"),
+    ("localhost/etcdpy:1", "localhost/etcdpy:1"),
+])
+def test_podman_images_are_saved_under_the_name_kind_nodes_resolve(ref: str, name: str) -> None:
+    """With podman, the image is saved as containerd will look the Pods' image up (docker.io/library/...)."""
+    script = f"eval \"$(sed -n '/^docker_name() {{/,/^}}/p' {shlex.quote(str(RUNNER))})\"; docker_name {shlex.quote(ref)}"
+    out = subprocess.run(["bash", "-c", script], check=True, capture_output=True, text=True).stdout.strip()
+    assert out == name
