@@ -296,6 +296,21 @@ def test_chart_crds_and_manifests_are_in_sync(tools: Path) -> None:
     assert p.returncode == 0, "run scripts/gen-manifests:\n" + p.stdout[-3000:] + p.stderr
 
 
+def test_plain_manifests_validate_strictly(tools: Path) -> None:
+    """What `kubectl apply -f manifests/` sends: every object valid for Kubernetes, namespace first."""
+    files = sorted((ROOT / "manifests").glob("*.yaml"))
+    p = subprocess.run([str(tools / "kubernetes-validate"), "--strict", *map(str, files)], check=False,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    docs = [d for f in files for d in yaml.safe_load_all(f.read_text()) if d]
+    assert p.stdout.count(" passed for resource ") == len(docs), p.stdout
+    namespaced = [d for d in docs if d["metadata"].get("namespace")]
+    assert namespaced and all(d["metadata"]["namespace"] == "etcdpy-system" for d in namespaced)
+    kinds_in_order = [d["kind"] for d in docs]
+    assert kinds_in_order.index("Namespace") < min(i for i, d in enumerate(docs) if d["metadata"].get("namespace"))
+    assert not any("helm.sh/chart" in (d["metadata"].get("labels") or {}) for d in docs)
+
+
 def test_every_operator_crd_is_in_the_chart_and_manifests() -> None:
     manifest_crds = {d["metadata"]["name"] for d in yaml.safe_load_all((ROOT / "manifests" / "00-crds.yaml").read_text())
                      if d}
