@@ -66,6 +66,7 @@ class ResourceType:
     scale: Obj | None = None
     schema: Obj | None = None
     crd: str | None = None  # the CRD object's name when registered from one
+    columns: list[Obj] = field(default_factory=list)  # additionalPrinterColumns
 
     @property
     def api_version(self) -> str:
@@ -360,7 +361,7 @@ class Store:
                 spec["group"], v["name"], names["plural"], names["kind"], spec.get("scope") == "Namespaced",
                 names.get("singular", ""), names.get("shortNames") or [], status="status" in subs,
                 scale=subs.get("scale"), schema=((v.get("schema") or {}).get("openAPIV3Schema")),
-                crd=crd["metadata"]["name"]))
+                crd=crd["metadata"]["name"], columns=v.get("additionalPrinterColumns") or []))
         crd["status"] = {
             "acceptedNames": names, "storedVersions": [v["name"] for v in spec.get("versions") or [] if v.get("storage")],
             "conditions": [{"type": t, "status": "True", "reason": r, "message": m, "lastTransitionTime": now_iso()}
@@ -778,7 +779,10 @@ class ApiServer:
         if sub == "status" and not rt.status:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if method == "GET":
-            return self._json(self.store.view(rt, self.store.get(rt, ns, name)))
+            obj = self.store.view(rt, self.store.get(rt, ns, name))
+            if self._wants_table(request) and sub is None:
+                return self._json(self._table(rt, [obj], obj["metadata"]["resourceVersion"]))
+            return self._json(obj)
         if method == "PUT":
             return self._json(self.store.update(rt, ns, name, await request.json(), sub, dry_run))
         if method == "PATCH":
@@ -819,6 +823,39 @@ class ApiServer:
         return lambda o: lm(o) and fm(o)
 
     @staticmethod
+    def _table(rt: ResourceType, items: list[Obj], rv: str) -> Obj:
+        """A meta.k8s.io/v1 Table (what `kubectl get` asks for): Name, the printer columns, or Created At."""
+        columns = [{"name": "Name", "type": "string", "format": "name", "description": "", "priority": 0}]
+        extra = rt.columns or [{"name": "Created At", "type": "date", "jsonPath": ".metadata.creationTimestamp"}]
+        for c in extra:
+            columns.append({"name": c["name"], "type": c.get("type", "string"), "format": c.get("format", ""),
+                            "description": c.get("description", ""), "priority": c.get("priority", 0)})
+
+        def at(obj: Obj, path: str) -> Any:
+            cur: Any = obj
+            for part in path.strip(".").split("."):
+                cur = cur.get(part) if isinstance(cur, dict) else None
+            return cur
+
+        def cell(obj: Obj, col: Obj) -> Any:
+            value = at(obj, col["jsonPath"])
+            if col.get("type") == "date" and isinstance(value, str):  # the server renders dates as ages
+                then = datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+                secs = int((datetime.datetime.now(datetime.UTC) - then).total_seconds())
+                return f"{secs}s" if secs < 120 else f"{secs // 60}m" if secs < 7200 else f"{secs // 3600}h"
+            return value
+
+        rows = [{"cells": [o["metadata"]["name"], *[cell(o, c) for c in extra]],
+                 "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                            "metadata": o["metadata"]}} for o in items]
+        return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv},
+                "columnDefinitions": columns, "rows": rows}
+
+    @staticmethod
+    def _wants_table(request: web.Request) -> bool:
+        return "as=Table" in request.headers.get("Accept", "")
+
+    @staticmethod
     def _json(obj: Obj, status: int = 200) -> web.Response:
         return web.Response(text=json.dumps(obj), status=status, content_type="application/json")
 
@@ -827,6 +864,8 @@ class ApiServer:
         match = self._matcher(q)
         if q.get("watch") not in ("true", "1"):
             items = self.store.list(rt, ns, match)
+            if self._wants_table(request):
+                return self._json(self._table(rt, items, str(self.store.rv)))
             return self._json({"kind": f"{rt.kind}List", "apiVersion": rt.api_version,
                                "metadata": {"resourceVersion": str(self.store.rv)}, "items": items})
         name = None
