@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import logging
 import os
-import re
 import signal
 import sys
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from etcdpy.config import (
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_SNAPSHOT_COUNT,
     DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
+    SNAPSHOT_CATCHUP_ENTRIES,
     ServerConfig,
     url_host_port,
 )
@@ -57,26 +57,14 @@ def _positive_int(value: str) -> int:
     return n
 
 
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|ms|s|m|h)")
-
-
 def _duration(value: str) -> float:
     """A Go duration ("10m", "100ms", "1m30s", "0") in seconds, as etcd's duration flags take."""
-    text = value.strip()
-    sign = -1.0 if text.startswith("-") else 1.0
-    body = text.lstrip("+-")
-    if body == "0":
-        return 0.0
-    pos, total = 0, 0.0
-    for m in _DURATION_RE.finditer(body):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-        pos = m.end()
-    if not body or pos != len(body):
-        raise argparse.ArgumentTypeError(f"invalid duration {value!r}")
-    return sign * total
+    from etcdpy.etcdflags import FlagValueError, parse_duration
+
+    try:
+        return parse_duration(value)
+    except FlagValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _log_level(value: str) -> str:
@@ -102,12 +90,12 @@ def _bcrypt_cost(value: str) -> int:
 
 def _bool(value: str) -> bool:
     """Go's strconv.ParseBool, as etcd parses boolean flags and their ETCD_* twins."""
-    v = value.strip().lower()
-    if v in ("1", "t", "true"):
-        return True
-    if v in ("0", "f", "false"):
-        return False
-    raise argparse.ArgumentTypeError(f"invalid boolean value {value!r}")
+    from etcdpy.etcdflags import FlagValueError, parse_bool
+
+    try:
+        return parse_bool(value)
+    except FlagValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _compaction_mode(value: str) -> str:
@@ -138,6 +126,24 @@ def _grpc_server(value: str) -> str:
     return value.strip().lower()
 
 
+def _logger(value: str) -> str:
+    """etcd 3.5 only has zap; capnslog was removed in 3.5 (etcd's words)."""
+    if value == "capnslog":
+        raise argparse.ArgumentTypeError("--logger=capnslog is removed in v3.5")
+    if value != "zap":
+        raise argparse.ArgumentTypeError(f"unknown logger option {value!r}")
+    return value
+
+
+def _log_outputs(value: str) -> list[str]:
+    outs = [o.strip() for o in value.split(",") if o.strip()]
+    if not outs:
+        raise argparse.ArgumentTypeError("expected at least one output")
+    if "default" in outs and len(outs) > 1:
+        raise argparse.ArgumentTypeError("'default' cannot be combined with other outputs")
+    return outs
+
+
 def _cluster_state(value: str) -> str:
     if value not in ("new", "existing"):
         raise argparse.ArgumentTypeError(f"invalid value {value!r} (want 'new' or 'existing')")
@@ -147,7 +153,7 @@ def _cluster_state(value: str) -> str:
 # flag name, type, default, help — defaults are etcd's.
 FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("name", str, "default", "human-readable name for this member"),
-    ("data-dir", str, None, "path to the data directory (default: ${name}.etcd)"),
+    ("data-dir", str, None, "path to the data directory"),
     ("listen-client-urls", _urls, ["http://localhost:2379"], "URLs to listen on for client traffic"),
     ("advertise-client-urls", _urls, ["http://localhost:2379"], "client URLs advertised to the cluster"),
     ("listen-peer-urls", _urls, ["http://localhost:2380"], "URLs to listen on for peer traffic"),
@@ -189,7 +195,20 @@ FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
         "duration of periodic watch progress notifications (Go duration, e.g. 10m, 500ms)",
     ),
     ("experimental-grpc-server", _grpc_server, "", "client-port gRPC server: native or grpcio ($ETCDPY_GRPC_SERVER)"),
+    ("wal-dir", str, "", "path to a dedicated WAL directory (empty: member/wal in the data dir)"),
+    ("logger", _logger, "zap", "'zap': structured JSON logs (the only logger of etcd 3.5)"),
+    ("log-outputs", _log_outputs, ["default"], "'default', 'stderr', 'stdout' or file paths, comma-separated"),
+    (
+        "experimental-initial-corrupt-check",
+        _bool,
+        False,
+        "before serving, compare this member's KV hash with its peers' and refuse to start on a mismatch",
+    ),
+    ("experimental-snapshot-catchup-entries", _positive_int, SNAPSHOT_CATCHUP_ENTRIES,
+     "raft entries kept after a snapshot for slow followers to catch up from"),
 ]
+
+NOTE = tuple[str, str, dict[str, Any]]  # (level, message, fields) logged once logging is set up
 
 
 class _Parser(argparse.ArgumentParser):
@@ -198,12 +217,63 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+_USAGE = """etcdpy [flags]                   run a member (etcd's flags; each has an ETCD_* twin)
+       etcdpy --config-file FILE        run a member configured by etcd's YAML file (flags and ETCD_* ignored)
+       etcdpy snapshot save|status|restore ...   snapshot files, etcd's and etcdpy's (etcdutl's subcommands)
+       etcdpy bench ...                 the benchmark (etcdpy bench --help)
+       etcdpy -version | --version      print the version
+       etcdpy -h | --help               this help"""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """One line per flag, as etcd's help: long lines wrap in the terminal, not mid-default."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=48, width=10_000)
+
+
+def _default_text(default: Any) -> str:
+    if default is None:
+        return ""
+    if isinstance(default, list):
+        return ",".join(default)
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, float):
+        return f"{default:g}s"
+    return str(default)
+
+
+def _takes_bool(typ: Callable[[str], Any]) -> bool:
+    return typ is _bool
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="etcdpy", description="An etcd-compatible key-value server.", allow_abbrev=False)
+    """Every etcd 3.5 flag; values stay raw text here and are checked in `resolve` (flag, env or file alike)."""
+    from etcdpy.etcdflags import IGNORED_FLAGS, NO_EFFECT_FLAGS
+
+    p = _Parser(prog="etcdpy", usage=_USAGE, description="An etcd-compatible key-value server.",
+                allow_abbrev=False, formatter_class=_HelpFormatter,
+                epilog="Flags marked 'no effect' are accepted for etcd compatibility and logged when set.")
+    g = p.add_argument_group("flags")
     for name, typ, default, help_ in FLAGS:
         # A boolean flag may stand alone (--client-cert-auth) or take a value (=false), as in Go.
-        extra: dict[str, Any] = {"nargs": "?", "const": "true"} if typ is _bool else {}
-        p.add_argument(f"--{name}", type=typ, default=None, help=f"{help_} [${env_name(name)}]", **extra)
+        extra: dict[str, Any] = {"nargs": "?", "const": "true"} if _takes_bool(typ) else {}
+        shown = {"data-dir": "${name}.etcd", "initial-cluster": "${name}=${initial-advertise-peer-urls}"}.get(
+            name, _default_text(default))
+        g.add_argument(f"--{name}", default=None, metavar="", help=f"{help_} (default: {shown!r}) [${env_name(name)}]",
+                       **extra)
+    g.add_argument("--config-file", default=None, metavar="",
+                   help="etcd's YAML configuration file; when given, other flags and ETCD_* variables are ignored "
+                   "[$ETCD_CONFIG_FILE]")
+    n = p.add_argument_group("accepted for etcd compatibility, no effect in etcdpy")
+    for f in NO_EFFECT_FLAGS:
+        extra = {"nargs": "?", "const": "true"} if f.kind == "bool" else {}
+        refused = "; other values refused" if f.refuse else ""
+        n.add_argument(f"--{f.name}", default=None, metavar="",
+                       help=f"{f.why}{refused} (default: {f.default!r})", **extra)
+    for name in IGNORED_FLAGS:
+        p.add_argument(f"--{name}", default=None, nargs="?", const="", help=argparse.SUPPRESS)
     p.add_argument("--version", action="store_true", help="print the version and exit")
     return p
 
@@ -212,30 +282,113 @@ def env_name(flag: str) -> str:
     return "ETCD_" + flag.upper().replace("-", "_")
 
 
+def _all_flag_names() -> list[str]:
+    from etcdpy.etcdflags import IGNORED_FLAGS, NO_EFFECT_FLAGS
+
+    return [f[0] for f in FLAGS] + [f.name for f in NO_EFFECT_FLAGS] + list(IGNORED_FLAGS) + ["config-file"]
+
+
+def _raw_values(
+    ns: argparse.Namespace, environ: dict[str, str], parser: argparse.ArgumentParser
+) -> tuple[dict[str, tuple[str, str]], list[NOTE]]:
+    """name -> (raw text, where it came from), from the config file or else flags and ETCD_*.
+
+    etcd's rules: a config file (--config-file or ETCD_CONFIG_FILE) replaces every other
+    flag and variable; without one, an ETCD_* variable fills in a flag not given, a variable
+    that shadows a given flag is an error, and one that names no flag earns a warning.
+    """
+    from etcdpy.etcdflags import (
+        NO_EFFECT_FLAGS,
+        ConfigFileError,
+        load_config_file,
+        unknown_env,
+    )
+
+    notes: list[NOTE] = []
+    config_file = ns.config_file or environ.get("ETCD_CONFIG_FILE", "")
+    if config_file:
+        durations = {name: typ is _duration for name, typ, _, _ in FLAGS}
+        durations.update({f.name: f.kind == "duration" for f in NO_EFFECT_FLAGS})
+        try:
+            values, ignored = load_config_file(config_file, durations)
+        except ConfigFileError as e:
+            sys.stderr.write(f"etcdpy: {e}\n")
+            raise SystemExit(1) from None
+        loaded = ("loaded server configuration, other configuration command line flags and environment variables "
+                  "will be ignored if provided")
+        notes.append(("info", loaded, {"path": config_file}))
+        notes.extend(("warn", "unknown key in config file, ignored", {"path": config_file, "key": k}) for k in ignored)
+        return {k: (v, f"config file key {k!r}") for k, v in values.items()}, notes
+    out: dict[str, tuple[str, str]] = {}
+    for name in _all_flag_names():
+        flag_value = getattr(ns, name.replace("-", "_"), None)
+        env_value = environ.get(env_name(name))
+        if flag_value is not None and env_value is not None:
+            parser.error(f"conflicting environment variable {env_name(name)} is shadowed by corresponding "
+                         "command-line flag (either unset environment variable or disable flag)")
+        if flag_value is not None:
+            out[name] = (flag_value, f"--{name}")
+        elif env_value is not None:
+            out[name] = (env_value, env_name(name))
+    for kv in unknown_env(environ, _all_flag_names()):
+        notes.append(("warn", "unrecognized environment variable", {"environment-variable": kv}))
+    return out, notes
+
+
 def resolve(ns: argparse.Namespace, environ: dict[str, str], parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """Flag, else ETCD_* environment variable, else etcd's default; env values are validated like flags."""
+    """Compatibility wrapper: the checked values only (see `resolve_with_notes`)."""
+    return resolve_with_notes(ns, environ, parser)[0]
+
+
+def resolve_with_notes(
+    ns: argparse.Namespace, environ: dict[str, str], parser: argparse.ArgumentParser
+) -> tuple[dict[str, Any], list[NOTE]]:
+    """Every flag's value (etcd's default when unset), checked alike from flags, ETCD_* or the file."""
+    from etcdpy.etcdflags import NO_EFFECT_FLAGS, FlagValueError, no_effect_note
+
+    raw, notes = _raw_values(ns, environ, parser)
     out: dict[str, Any] = {}
     for name, typ, default, _ in FLAGS:
         attr = name.replace("-", "_")
-        value = getattr(ns, attr)
-        if value is None and env_name(name) in environ:
-            try:
-                value = typ(environ[env_name(name)])
-            except argparse.ArgumentTypeError as e:
-                parser.error(f"invalid value for {env_name(name)}: {e}")
-        out[attr] = default if value is None else value
-    return out
+        if name not in raw:
+            out[attr] = default
+            continue
+        text, where = raw[name]
+        try:
+            out[attr] = typ(text)
+        except (argparse.ArgumentTypeError, ValueError) as e:
+            parser.error(f"invalid value {text!r} for {where}: {e}")
+    for f in NO_EFFECT_FLAGS:
+        if f.name not in raw:
+            continue
+        text, where = raw[f.name]
+        try:
+            note = no_effect_note(f, text)
+        except FlagValueError as e:
+            parser.error(f"invalid value {text!r} for {where}: {e}")
+        if note is not None:
+            notes.append(("warn", note, {"flag": f.name, "value": text}))
+    return out, notes
 
 
 def config_from_args(argv: list[str], environ: dict[str, str] | None = None) -> ServerConfig:
+    """The member's configuration (notes about flags without effect are dropped: see `parse_args`)."""
+    return parse_args(argv, environ)[0]
+
+
+def parse_args(argv: list[str], environ: dict[str, str] | None = None) -> tuple[ServerConfig, list[NOTE]]:
+    """Command line (Go-style single-dash flags too), ETCD_* and --config-file -> config and notes to log."""
+    from etcdpy.etcdflags import NO_EFFECT_FLAGS, go_style_argv
     from etcdpy.server.membership import parse_initial_cluster
 
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    bools = {name for name, typ, _, _ in FLAGS if _takes_bool(typ)} | {f.name for f in NO_EFFECT_FLAGS if f.kind == "bool"}
+    values = {n for n in _all_flag_names() if n not in bools}
+    ns = parser.parse_args(go_style_argv(argv, values, bools))
     if ns.version:
-        print(f"etcdpy Version: {__version__}\netcd API Version: {ETCD_VERSION}")
+        print(f"etcdpy Version: {__version__}\netcd API Version: {ETCD_VERSION}\nPython Version: {sys.version.split()[0]}")
         raise SystemExit(0)
-    v = resolve(ns, dict(os.environ) if environ is None else environ, parser)
+    v, notes = resolve_with_notes(ns, dict(os.environ) if environ is None else environ, parser)
     if v["initial_cluster"]:
         try:
             initial = parse_initial_cluster(v["initial_cluster"])
@@ -248,7 +401,7 @@ def config_from_args(argv: list[str], environ: dict[str, str] | None = None) -> 
         initial = {v["name"]: list(v["initial_advertise_peer_urls"])}
     if v["election_timeout"] < 5 * v["heartbeat_interval"]:
         parser.error("--election-timeout should be at least 5 times --heartbeat-interval")
-    return ServerConfig(
+    cfg = ServerConfig(
         name=v["name"],
         data_dir=v["data_dir"] or "",
         listen_client_urls=v["listen_client_urls"],
@@ -285,7 +438,12 @@ def config_from_args(argv: list[str], environ: dict[str, str] | None = None) -> 
         if v["experimental_watch_progress_notify_interval"] > 0
         else DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
         grpc_server=v["experimental_grpc_server"],
+        wal_dir_flag=v["wal_dir"],
+        log_outputs=v["log_outputs"],
+        initial_corrupt_check=v["experimental_initial_corrupt_check"],
+        snapshot_catchup_entries=v["experimental_snapshot_catchup_entries"],
     )
+    return cfg, notes
 
 
 async def serve(cfg: ServerConfig, log: logging.Logger) -> int:
@@ -357,8 +515,14 @@ def main(argv: list[str] | None = None) -> int:
         from etcdpy.etcdutl import main as etcdutl_main
 
         return etcdutl_main(argv[1:])
-    cfg = config_from_args(argv)
-    log = setup_logging(cfg.log_level)
+    cfg, notes = parse_args(argv)
+    try:
+        log = setup_logging(cfg.log_level, cfg.log_outputs)
+    except OSError as e:
+        sys.stderr.write(f"etcdpy: cannot open log output: {e}\n")
+        return 1
+    for level, msg, fields in notes:
+        log.log(LEVELS[level], msg, extra={"fields": fields})
     log.info("starting etcdpy", extra={"fields": {"etcdpy-version": __version__, "etcd-api-version": ETCD_VERSION,
                                                   "name": cfg.name, "data-dir": cfg.data_dir}})
     try:

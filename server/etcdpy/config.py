@@ -54,6 +54,9 @@ class ServerConfig:
     peer_client_cert_auth: bool = False
     watch_progress_notify_interval: float = DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL  # seconds
     grpc_server: str = ""  # --experimental-grpc-server: native | grpcio; "" = $ETCDPY_GRPC_SERVER or default
+    wal_dir_flag: str = ""  # --wal-dir: a dedicated WAL directory (else member/wal in the data dir)
+    log_outputs: list[str] = field(default_factory=lambda: ["default"])  # --log-outputs
+    initial_corrupt_check: bool = False  # --experimental-initial-corrupt-check
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -65,7 +68,8 @@ class ServerConfig:
 
     @property
     def wal_dir(self) -> str:
-        return os.path.join(self.member_dir, "wal")
+        """--wal-dir when given (etcd keeps the WAL there, and nothing of it in the data dir)."""
+        return self.wal_dir_flag or os.path.join(self.member_dir, "wal")
 
     @property
     def snap_dir(self) -> str:

@@ -30,11 +30,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def setup_logging(level: str) -> logging.Logger:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+def _handler(output: str) -> logging.Handler:
+    """One --log-outputs target: 'default'/'stderr', 'stdout', or a file appended to."""
+    if output in ("default", "stderr"):
+        return logging.StreamHandler(sys.stderr)
+    if output == "stdout":
+        return logging.StreamHandler(sys.stdout)
+    return logging.FileHandler(output, mode="a", encoding="utf-8")
+
+
+def setup_logging(level: str, outputs: list[str] | None = None) -> logging.Logger:
+    """JSON lines to every output (etcd's --log-outputs); raises OSError when a file cannot be opened."""
+    handlers = [_handler(o) for o in (outputs or ["default"])]
+    for handler in handlers:
+        handler.setFormatter(JsonFormatter())
     root = logging.getLogger("etcdpy")
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel(LEVELS[level])
     root.propagate = False
     return root

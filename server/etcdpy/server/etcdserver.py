@@ -168,6 +168,8 @@ class EtcdServer:
                 raise StartupError(f"cannot read the WAL in {cfg.wal_dir!r} (written by etcd, or damaged): {e}") from e
             if not cfg.force_new_cluster:  # the others are being dropped: their cluster id does not matter
                 await self._check_cluster_id_with_peers()
+            if cfg.initial_corrupt_check:
+                await self._initial_corrupt_check()
             peers = {m.id: m.peer_urls for m in self.cluster.members.values()}
         elif cfg.initial_cluster_state == "existing":
             node, storage, wal, snapshotter, peers = await self._join_existing()
@@ -215,6 +217,37 @@ class EtcdServer:
         revoker = ExpiredLeaseRevoker(self.lessor, self._propose_lease_revoke, self.log)
         self._tasks.append(asyncio.create_task(revoker.run(), name="lease-revoker"))
         self._tasks.extend(self.maintenance.tasks())  # the auto-compactor (leader-only), if configured
+
+    async def _initial_corrupt_check(self) -> None:
+        """--experimental-initial-corrupt-check: refuse to start when our data disagrees with a peer's.
+
+        etcd's rule (CheckInitialHashKV): only a member that already has data is checked,
+        before it serves anyone; each peer hashes its store at our revision, and a different
+        hash with the same compact revision means one of us is corrupt. Peers that cannot
+        answer (down, compacted past us, behind us) are logged and do not stop the start.
+        """
+        from etcdpy.server.maintenance import MemberHash, find_corrupt_members
+
+        assert self.kv is not None and self.maintenance is not None
+        fields = {"local-member-id": f"{self.member_id:x}"}
+        self.log.info("starting initial corruption check", extra={"fields": fields})
+        h, rev, compact_rev = self.kv.hash_kv(0)
+        # The membership is only rebuilt as the log replays, after this check: ask the peers for it.
+        urls = [u for m in self.cluster.members.values() if m.id != self.member_id for u in m.peer_urls]
+        remote = await _probe_members(urls or self._other_peer_urls(), tls=self.cfg.peer_tls)
+        members = [(m.id, list(m.client_urls)) for m in remote.members] if remote is not None else None
+        peers, problems = await self.maintenance.fetch_peer_hashes(rev, members)
+        for member_id, why in problems:
+            self.log.warning("cannot fetch hash from remote peer",
+                             extra={"fields": {**fields, "remote-peer-id": f"{member_id:x}", "error": why}})
+        mismatched = find_corrupt_members(MemberHash(self.member_id, rev, compact_rev, h), peers)
+        for member_id in mismatched:
+            self.log.error("found different hash values from remote peer",
+                           extra={"fields": {**fields, "remote-peer-id": f"{member_id:x}", "local-member-revision": rev,
+                                             "local-member-compact-revision": compact_rev, "local-member-hash": h}})
+        if mismatched:
+            raise StartupError(f"{self.member_id:x} found data inconsistency with peers")
+        self.log.info("initial corruption checking passed; no corruption", extra={"fields": fields})
 
     def _open_kv(self) -> KVStore:
         """Open the backend; a data dir of etcd's or one in use becomes one line, not a traceback.

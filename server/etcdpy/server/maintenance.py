@@ -16,9 +16,9 @@ start (`--experimental-initial-corrupt-check`) and periodically on the leader
 (`--experimental-corrupt-check-time`) — and raises CORRUPT for a member whose
 hash differs from the others' at the same revision and compact revision. The
 comparison is `find_corrupt_members`; `check_corruption` runs it over what
-`peer_hashes` returns. Until the peer transport can ask other members for their
-HashKV, `peer_hashes` returns nothing and the check finds nothing; an operator
-(or a test) can still raise CORRUPT through the Alarm RPC.
+`peer_hashes` returns (the peers' HashKV, asked on their client URLs). etcdpy runs
+the start-up check (`EtcdServer._initial_corrupt_check`); the periodic one is not
+scheduled, and an operator (or a test) can still raise CORRUPT through the Alarm RPC.
 """
 
 from __future__ import annotations
@@ -39,7 +39,12 @@ from etcdpy.mvcc.etcd_db import ClusterState, MemberRecord, convert_checkpoint
 from etcdpy.pb import raft_internal_pb2, rpc_pb2
 from etcdpy.raft.types import NONE
 from etcdpy.server.alarm import CORRUPT, NOSPACE, AlarmApplier, AlarmStore, alarm_string
-from etcdpy.server.compactor import Periodic, RetentionError, RevisionCompactor, new_compactor
+from etcdpy.server.compactor import (
+    Periodic,
+    RetentionError,
+    RevisionCompactor,
+    new_compactor,
+)
 from etcdpy.server.quota import BackendQuota, is_charged
 
 if TYPE_CHECKING:
@@ -173,8 +178,58 @@ class MaintenanceOps:
         return corrupt
 
     async def peer_hashes(self, revision: int) -> list[MemberHash]:
-        """HOOK for the peer transport: the other members' HashKV at `revision` (none yet)."""
-        return []
+        """The other members' HashKV at `revision`; members that cannot answer are logged and left out."""
+        hashes, problems = await self.fetch_peer_hashes(revision)
+        for member_id, why in problems:
+            self.log.warning("cannot fetch hash from remote peer",
+                             extra={"fields": {"remote-peer-id": f"{member_id:x}", "error": why}})
+        return hashes
+
+    async def fetch_peer_hashes(
+        self, revision: int, members: list[tuple[int, list[str]]] | None = None, timeout: float = 5.0
+    ) -> tuple[list[MemberHash], list[tuple[int, str]]]:
+        """Ask every other member's client URL for Maintenance.HashKV at `revision`, all at once.
+
+        Why client URLs: etcdpy's peer transport carries raft messages only, and HashKV is a
+        client RPC every member serves (etcd asks over its peer HTTP handler instead). An
+        https client URL is dialled with the peer certificates. A member under auth refuses
+        HashKV without a token: it then counts as unreachable, as in etcd a peer that fails to answer.
+        `members` ((id, client URLs) of the others) defaults to this member's view of the cluster.
+        """
+        import grpc
+
+        from etcdpy.pb import rpc_pb2_grpc
+
+        cfg = self.server.cfg
+        if members is None:
+            members = [(m.id, list(m.client_urls)) for m in self.server.cluster.members.values()]
+        others = [(mid, urls) for mid, urls in members if mid != self.server.member_id]
+
+        async def one(member_id: int, urls: list[str]) -> MemberHash:
+            if not urls:
+                raise ConnectionError("member has not published its client URLs")
+            url = urls[0]
+            target = url.split("://", 1)[-1]
+            if url.startswith("https://"):
+                channel = grpc.aio.secure_channel(target, cfg.peer_tls.channel_credentials())
+            else:
+                channel = grpc.aio.insecure_channel(target)
+            async with channel:
+                stub = rpc_pb2_grpc.MaintenanceStub(channel)
+                resp = await stub.HashKV(rpc_pb2.HashKVRequest(revision=revision), timeout=timeout)
+            return MemberHash(member_id, revision, resp.compact_revision, resp.hash)
+
+        results = await asyncio.gather(*(one(mid, urls) for mid, urls in others), return_exceptions=True)
+        hashes: list[MemberHash] = []
+        problems: list[tuple[int, str]] = []
+        for (member_id, _), result in zip(others, results, strict=True):
+            if isinstance(result, MemberHash):
+                hashes.append(result)
+            elif isinstance(result, grpc.aio.AioRpcError):
+                problems.append((member_id, result.details() or str(result.code())))
+            else:
+                problems.append((member_id, str(result)))
+        return hashes, problems
 
     # ------------------------------------------------------------------ defrag, snapshot
 
