@@ -135,14 +135,15 @@ class Kube:
         return None
 
     def available(self, ns: str, cluster: str, members: int) -> bool:
-        """The cluster says Available, has `members` ready voting members, and observed its generation."""
+        """Available with `members` ready voters, its generation observed and no operation in flight."""
         obj = self.etcdcluster(ns, cluster)
         st = obj.get("status") or {}
         cond: dict[str, Any] = next((c for c in st.get("conditions") or [] if c.get("type") == "Available"), {})
         voters = [m for m in st.get("members") or [] if not m.get("learner")]
         ready_pods = [p for p in self.member_pods(ns, cluster) if self.pod_ready(p)]
         return cond.get("status") == "True" and len(voters) == members and len(ready_pods) == members and \
-            st.get("readyMembers") == members and st.get("observedGeneration") == obj["metadata"].get("generation")
+            st.get("readyMembers") == members and st.get("observedGeneration") == obj["metadata"].get("generation") \
+            and not st.get("operation")
 
     def events(self, ns: str) -> list[k8s.CoreV1Event]:
         return list(self.core.list_namespaced_event(ns).items)
@@ -452,7 +453,8 @@ class Writer:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(10)
+        if self._thread.is_alive():
+            self._thread.join(10)
 
     def verify(self, timeout: float = 60) -> int:
         """Read everything back (linearizably) and check every acknowledged write; returns how many."""
