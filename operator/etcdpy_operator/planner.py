@@ -190,6 +190,8 @@ def _add(o: Observed, op: Operation) -> Action:
     m = op.member
     em = o.member(m)
     if em is None:
+        if op.type is OpType.ADD and len(o.members) >= o.spec.replicas:
+            return Action(Kind.CLEAR, member=m, reason="AddAbandoned", message=f"{m} is no longer needed")
         if not o.members_from_leader:
             return Action(Kind.WAIT, member=m, reason="NoLeader", message="member list not read from the leader")
         cleanup = _cleanup(o, m)

@@ -8,7 +8,7 @@ never overlap. Spec changes wake the loop early.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from etcdpy_operator import planner
@@ -54,6 +54,14 @@ async def reconcile_once(rt: Runtime, namespace: str, name: str, log: Any) -> Ou
         return Outcome(None)
     observed, tls = await observe(rt.kube, body, rt.settings)
     action = planner.plan(observed)
+    if action.kind is Kind.CLEAR:
+        # Finishing one step of a longer change (a roll, a multi-member scale): latch the next step in
+        # the same write, so status never shows "no operation" while the change is still under way.
+        idle = replace(observed, operation=None)
+        following = planner.plan(idle)
+        if following.kind is Kind.LATCH:
+            log.info("%s %s: %s", action.kind.value, action.member, action.message)
+            observed, action = idle, following
     error, fields = "", {}
     if action.acts:
         log.info("%s %s: %s", action.kind.value, action.member or "-", action.message)
