@@ -9,8 +9,8 @@ What it proves, on the image as built (not on the source tree):
     with `etcdpy` itself as PID 1 (member pods use `command: ["etcdpy"]`, bypassing the entrypoint);
   * data written before a stop is there after a restart with the same volume;
   * the operator's entry point and its CRDs are in the image (once the operator exists in the tree);
-  * the operator, run from the image as the chart runs it (non-root, read-only root filesystem, only
-    /tmp writable), drives a 1-member EtcdCluster to ready against the e2e suite's Kubernetes API
+  * the operator, run from the image with the command, arguments, environment and confinement of the
+    chart's rendered Deployment (non-root, read-only root filesystem, only /tmp writable), drives a 1-member EtcdCluster to ready against the e2e suite's Kubernetes API
     double and test node (e2e/k8sdouble, once it exists), and stops on SIGTERM with exit code 0.
 
 Containers use the host network (podman's bridge range may collide with the host's) on free
@@ -36,6 +36,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 STOP_DEADLINE_S = 10.0
@@ -233,11 +234,10 @@ def check_operator_runs(image: str, workdir: Path) -> None:
         client.CoreV1Api(api).create_namespace({"metadata": {"name": "smoke"}})
         health, metrics = free_ports(2)
         os.chmod(workdir / "kubeconfig", 0o644)
-        podman("run", "-d", "--name", name, "--network", "host", "--read-only", "--tmpfs", "/tmp",
-               "--user", "10001:10001", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        run_args = chart_container_args(health, metrics)
+        podman("run", "-d", "--name", name, "--network", "host",
                "-v", f"{workdir / 'kubeconfig'}:/etc/etcdpy/kubeconfig:ro", "-v", f"{workdir / 'hosts'}:/etc/hosts:ro",
-               "-e", "KUBECONFIG=/etc/etcdpy/kubeconfig", "--entrypoint", "etcdpy-operator", image,
-               "--namespace", "smoke", f"--health-port={health}", f"--metrics-port={metrics}")
+               "-e", "KUBECONFIG=/etc/etcdpy/kubeconfig", *run_args[:-1], image, *run_args[-1])
         custom = client.CustomObjectsApi(api)
         custom.create_namespaced_custom_object("etcd.etcdpy.io", "v1alpha1", "smoke", "etcdclusters", {
             "apiVersion": "etcd.etcdpy.io/v1alpha1", "kind": "EtcdCluster", "metadata": {"name": "one"},
@@ -259,8 +259,8 @@ def check_operator_runs(image: str, workdir: Path) -> None:
         status, body = http_get(f"http://127.0.0.1:{metrics}/metrics")
         if status != 200 or "etcdpy_operator_" not in body:
             raise SmokeFailure(f"the operator's /metrics: {status} {body[:200]!r}")
-        log(f"operator from the image (read-only root, uid 10001) made a 1-member cluster ready in {took:.1f}s; "
-            "/healthz and /metrics answer")
+        log(f"operator from the image, run as the chart's Deployment runs it ({' '.join(map(str, run_args[:-1]))} "
+            f"{' '.join(run_args[-1])}), made a 1-member cluster ready in {took:.1f}s; /healthz and /metrics answer")
         t0 = time.monotonic()
         podman("kill", "--signal", "TERM", name)
         try:
@@ -275,6 +275,38 @@ def check_operator_runs(image: str, workdir: Path) -> None:
         if os.environ.get("ETCDPY_SMOKE_KEEP") != "1":
             podman("rm", "-f", "--time", "0", name, check=False)
         double.stop()
+
+
+def chart_container_args(health: int, metrics: int) -> list[Any]:
+    """podman options for the operator container as the chart's Deployment defines it, then its args.
+
+    Why from the chart: this runs the operator with the Deployment's real command, arguments,
+    environment and confinement (user, read-only root, capabilities, the /tmp emptyDir), so a flag the
+    operator does not know or a file it must write fails here. Returns [*options, [args]].
+    """
+    tools = subprocess.run([str(ROOT / "scripts" / "k8s-tools")], check=True, capture_output=True, text=True)
+    rendered = subprocess.run(
+        [str(Path(tools.stdout.strip()) / "helm"), "template", "etcdpy-operator", str(ROOT / "charts" / "etcdpy-operator"),
+         "--namespace", "smoke", "--set", "watchNamespaces={smoke}", "--set", f"healthPort={health}",
+         "--set", f"metrics.port={metrics}"],
+        check=True, capture_output=True, text=True).stdout
+    import yaml  # type: ignore[import-untyped]
+
+    deployment = next(d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    sc, psc = container.get("securityContext") or {}, pod.get("securityContext") or {}
+    opts: list[Any] = ["--user", f"{psc['runAsUser']}:{psc.get('runAsGroup', psc['runAsUser'])}"]
+    if sc.get("readOnlyRootFilesystem"):
+        opts.append("--read-only")
+    opts += [a for cap in (sc.get("capabilities") or {}).get("drop", []) for a in ("--cap-drop", cap)]
+    if sc.get("allowPrivilegeEscalation") is False:
+        opts += ["--security-opt", "no-new-privileges"]
+    empty_dirs = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+    opts += [a for m in container.get("volumeMounts", []) if m["name"] in empty_dirs for a in ("--tmpfs", m["mountPath"])]
+    opts += [a for e in container.get("env", []) if "value" in e for a in ("-e", f"{e['name']}={e['value']}")]
+    opts += ["--entrypoint", container["command"][0]]
+    return [*opts, [*container["command"][1:], *container["args"]]]
 
 
 def yaml_load(path: Path) -> dict[str, object]:
