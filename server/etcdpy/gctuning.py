@@ -12,6 +12,9 @@ creates very few reference cycles. So, once start-up is done:
 - higher thresholds make young collections rarer (the per-request garbage is freed
   by reference counting anyway; only cycles wait for a collection).
 
+`etcdpy.server.heap` freezes the MVCC index again as it grows; this module adds the
+thresholds and freezes what the listeners built after the server had started.
+
 ``ETCDPY_GC=default`` keeps CPython's defaults (to measure what this saves).
 """
 
@@ -31,7 +34,7 @@ def tune_after_startup(environ: Mapping[str, str] | None = None) -> bool:
     env = os.environ if environ is None else environ
     if env.get(ENV_GC, "").strip().lower() == "default":
         return False
-    gc.collect()  # what start-up left as garbage goes now, not into the permanent generation
+    gc.collect(1)  # young garbage goes now, not into the permanent generation (no full walk)
     gc.freeze()
     gc.set_threshold(*THRESHOLDS)
     return True

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import SERVER_SRC, Cluster, Member, reserve_port, target
+from harness import SERVER_SRC, Cluster, Etcdctl, Member, reserve_port, target
 
 pytestmark = pytest.mark.skipif(target() != "etcdpy", reason="etcdpy's own gRPC server choice")
 BACKENDS = ("native", "grpcio")
@@ -84,6 +84,18 @@ def test_backend_serves_grpc_http_and_gateway_on_one_port(
     assert _handled(metrics, "Put", "InvalidArgument") == 1
     assert _handled(metrics, "Snapshot", "OK") == 1
     assert re.search(r'grpc_server_started_total\{[^}]*grpc_method="Watch"[^}]*\} 1', metrics)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_url_endpoints_of_etcdctl_cluster_commands(backend: str, make_cluster: Callable[..., Cluster]) -> None:
+    """etcdctl 3.4's --cluster commands send ``http://host:port`` as :authority, which h2 (under
+    pygrpc-native) refuses; the front routes such connections to grpcio (etcdpy.api.h2route)."""
+    member = make_cluster(extra_args=[f"--experimental-grpc-server={backend}"]).members[0]
+    ctl = Etcdctl([member.client_url])
+    statuses = ctl("endpoint", "status", "--cluster")
+    assert len(statuses) == 1
+    ctl("put", "url/a", "1", json=False)
+    ctl("defrag", "--cluster", json=False)
 
 
 def test_native_backend_serves_https_beside_http(tmp_path: Path) -> None:

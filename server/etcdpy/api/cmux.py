@@ -335,6 +335,7 @@ class ClientFront:
         tls_sockets: list[socket.socket] | None = None,
         grpc_tls_path: str | None = None,
         https_path: str | None = None,
+        grpc_factory: ProtocolFactory | None = None,
     ) -> None:
         if mode not in ("inproc", "process"):
             raise ValueError(f"unknown front mode {mode!r}")
@@ -348,6 +349,8 @@ class ClientFront:
         self.https_path = https_path
         self.sockets = sockets + self.tls_sockets
         self.grpc_path = grpc_path
+        self.grpc_factory = grpc_factory
+        """In-process only: a protocol that takes plain gRPC connections over (etcdpy.api.h2route)."""
         self.http_factory = http_factory
         self.http_path = http_path
         self.mode = mode
@@ -361,7 +364,7 @@ class ClientFront:
             self._spawn()
             return
         loop = asyncio.get_running_loop()
-        grpc_route = Route(unix_path=self.grpc_path)
+        grpc_route = Route(factory=self.grpc_factory) if self.grpc_factory else Route(unix_path=self.grpc_path)
         http_route = Route(factory=self.http_factory)
         for s in self.plain_sockets:
             srv = await loop.create_server(lambda: Sniffer(grpc_route, http_route), sock=s)

@@ -126,6 +126,7 @@ class Listeners:
             front_socks,
             _unix_path(grpc_target),
             self.client_api.protocol,
+            grpc_factory=self._authority_router(grpc_target) if front_socks else None,
             mode=self.mode,
             http_path=self._http_internal.path if self._http_internal else None,
             tls_sockets=tls_socks,
@@ -158,6 +159,19 @@ class Listeners:
             return InternalAddress("grpc").grpc_target
         self._socket_dir = tempfile.mkdtemp(prefix="etcdpy-grpc-")
         return "unix:" + os.path.join(self._socket_dir, "grpc.sock")
+
+    def _authority_router(self, native_target: str) -> Any:
+        """For the native server behind an in-process front: a grpcio port for the clients whose
+        ``:authority`` pygrpc-native refuses (`etcdpy.api.h2route`); None otherwise."""
+        if self.backend != "native" or self.mode != "inproc":
+            return None
+        from etcdpy.api.h2route import H2Router
+
+        alt = InternalAddress("grpc-alt")
+        if self._grpc_for("https").add_insecure_port(alt.grpc_target) == 0:
+            raise ListenError(f"cannot listen on internal socket {alt.grpc_target}")
+        native, grpcio = _unix_path(native_target), alt.path
+        return lambda: H2Router(native, grpcio)
 
     def _bind_metrics(self) -> None:
         cfg = self.server.cfg

@@ -628,8 +628,9 @@ class EtcdServer:
         """`process_internal_raft_request` returning the whole apply result (Compact needs physc)."""
         if self._stopped:
             raise errors.ErrStopped()
-        if self.maintenance is not None:
-            await self.maintenance.check_quota(req)  # etcd's quota check comes before everything else
+        m = self.maintenance
+        if m is not None and not m.quota_allows(req):
+            await m.check_quota(req)  # etcd's quota check comes before everything else (raises NOSPACE)
         p = self.progress
         if p.committed_index > p.applied_index + MAX_GAP_BETWEEN_APPLY_AND_COMMIT:
             raise errors.ErrTooManyRequests()
@@ -647,7 +648,7 @@ class EtcdServer:
     async def _propose_and_wait(self, req_id: int, data: bytes) -> ApplyResult:
         """Register, propose, await the apply; every way out removes the registration."""
         assert self.raft is not None
-        fut = self.wait.register(req_id)
+        fut = self.wait.register(req_id, self.cfg.request_timeout)
         start = time.monotonic()
         try:
             self.raft.propose(data)
@@ -656,8 +657,7 @@ class EtcdServer:
             self.wait.trigger(req_id, None)
             raise errors.ErrNoLeader() if self.lead == NONE else errors.ErrTimeout()
         try:
-            async with asyncio.timeout(self.cfg.request_timeout):
-                result: ApplyResult | None = await fut
+            result: ApplyResult | None = await fut  # fails with TimeoutError after request_timeout
         except TimeoutError:
             self.metrics.proposals_failed += 1
             self.wait.trigger(req_id, None)

@@ -132,6 +132,10 @@ class MaintenanceOps:
 
     # ------------------------------------------------------------------ quota and alarms
 
+    def quota_allows(self, req: raft_internal_pb2.InternalRaftRequest) -> bool:
+        """The common case without a coroutine: True when `req` certainly fits the quota."""
+        return self.quota is None or not is_charged(req) or self.quota.available(req)
+
     async def check_quota(self, req: raft_internal_pb2.InternalRaftRequest) -> None:
         """etcd's quotaAlarmer.check: refuse a write that does not fit, raising NOSPACE through the log."""
         if self.quota is None or not is_charged(req) or self.quota.available(req):
