@@ -392,6 +392,7 @@ class Gateway:
         }
         metrics = getattr(server, "metrics", None)
         self.counters = getattr(metrics, "grpc", None)
+        self.max_message_bytes = server.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES
 
     def _started(self, method: Method) -> None:
         """Count the call as gRPC's interceptor would: in etcd, gateway calls are gRPC calls over loopback."""
@@ -442,6 +443,11 @@ class Gateway:
             request = parse_unary(body, method.request)
         except BodyError as e:
             return json_error("INVALID_ARGUMENT", str(e))
+        size = request.ByteSize()
+        if size > self.max_message_bytes:
+            # etcd's gateway hands the message to its gRPC server, whose size limit answers first (grpc-go's words).
+            return json_error("RESOURCE_EXHAUSTED",
+                              f"grpc: received message larger than max ({size} vs. {self.max_message_bytes})")
         self._started(method)
         try:
             await self._admin_check(method, ctx)
