@@ -38,7 +38,7 @@ class CA:
         self.dir = dir_
         self.dir.mkdir(parents=True, exist_ok=True)
         self.key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self.cert = (
             x509.CertificateBuilder()
             .subject_name(_name(cn))
@@ -58,7 +58,7 @@ class CA:
     def issue(self, stem: str, cn: str) -> Pem:
         """A certificate valid for both server and client use, as etcd's docs recommend."""
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         cert = (
             x509.CertificateBuilder()
             .subject_name(_name(cn))

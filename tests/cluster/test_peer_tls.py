@@ -34,7 +34,7 @@ from tlscerts import CA, Pem, _write  # noqa: E402
 def issue_for_host(ca: CA, stem: str, cn: str, host: str) -> Pem:
     """Like `CA.issue`, with the member's own loopback address among the SANs."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ips = {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address(host)}
     cert = (
         x509.CertificateBuilder()

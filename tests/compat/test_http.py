@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Etcdctl, Member, reserve_port, target, wait_until
+from harness import Etcdctl, EtcdctlError, Member, reserve_port, target, wait_until
 
 ETCD_METRICS = [
     "etcd_server_has_leader",
@@ -179,7 +179,7 @@ def test_metrics_count_errors_by_code(member: Member, prefix: str) -> None:
     """A failed RPC is counted under its gRPC code (here: a txn op on a missing lease)."""
     labels = {"grpc_method": "Put", "grpc_service": "etcdserverpb.KV", "grpc_type": "unary"}
     before = metric_samples(get(member.endpoint, "/metrics")[2].decode())
-    with pytest.raises(Exception):
+    with pytest.raises(EtcdctlError):
         member.etcdctl("put", prefix + "k", "v", "--lease=1234abcd", json=False)
     after = metric_samples(get(member.endpoint, "/metrics")[2].decode())
     assert (sample(after, "grpc_server_handled_total", grpc_code="NotFound", **labels)

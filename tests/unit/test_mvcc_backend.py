@@ -70,7 +70,7 @@ def test_batch_is_atomic_and_single_use(backend: Backend) -> None:
     assert backend.get(BUCKET_META, b"m") is None  # nothing until written
     backend.write(batch)
     assert (backend.get(BUCKET_META, b"m"), backend.get(BUCKET_LEASE, b"l")) == (b"1", b"2")
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="already consumed"):  # rocksdict raises a bare Exception
         backend.write(batch)
 
 

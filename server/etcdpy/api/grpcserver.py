@@ -109,4 +109,4 @@ def check_bindable(host: str, port: int) -> None:
             except OSError as e:
                 if family == socket.AF_INET6 and e.errno == 99:  # no IPv6 on this host: gRPC skips it too
                     continue
-                raise ListenError(f"listen tcp {host}:{port}: bind: {e.strerror.lower()}") from e
+                raise ListenError(f"listen tcp {host}:{port}: bind: {(e.strerror or str(e)).lower()}") from e

@@ -131,7 +131,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 
 def external_targets(specs: list[str]) -> list[Target]:
     """Parse repeated --endpoints values into targets."""
-    targets = []
+    targets: list[Target] = []
     for spec in specs:
         name, sep, rest = spec.partition("=")
         if not sep:

@@ -13,7 +13,7 @@ import os
 import platform
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +191,7 @@ def machine_info(etcd_version: str) -> dict[str, Any]:
         "grpcio": grpc.__version__,
         "etcd_version": etcd_version,
         "load_avg_start": list(os.getloadavg()),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from collections.abc import Callable
 
 from etcdpy.bench.client import WorkerResult, WorkerSpec, worker_main
 from etcdpy.bench.stats import Summary, summarize

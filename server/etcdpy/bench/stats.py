@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:

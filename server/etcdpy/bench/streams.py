@@ -131,7 +131,7 @@ async def run_watchers(spec: Any, streams: list[_WatchStream], t0: float, result
                 return
             try:
                 resp = await asyncio.wait_for(ws.call.read(), timeout=left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
             if resp is eof:
                 raise StreamError("WATCH_EOF", "watch stream closed before the end marker")

@@ -286,7 +286,8 @@ def _probe_until(stub: Any, request: Any, target: Target, deadline: float) -> st
             stub.Range(request, timeout=1.0)
             return None
         except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
-            last = f"{type(exc).__name__}: {getattr(exc, 'details', lambda: exc)()}"
+            details = getattr(exc, "details", None)  # a gRPC error's status message
+            last = f"{type(exc).__name__}: {details() if callable(details) else exc}"
             time.sleep(0.1)
     return last
 

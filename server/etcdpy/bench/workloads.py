@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
+from collections.abc import Awaitable, Callable
 
 WORKLOADS: dict[str, str] = {
     "put": "Put of a random key from the keyspace with a fixed-size value",

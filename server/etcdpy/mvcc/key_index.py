@@ -350,8 +350,8 @@ class TreeIndex:
     def range(self, key: bytes, end: bytes | None, at_rev: int, limit: int = 0) -> tuple[list[bytes], list[Revision]]:
         """Keys existing at `at_rev` and their revisions then, at most `limit` (0 = all)."""
         if end and at_rev >= self._rev:
-            keys, revs, _ = self._latest_revs(key, end, limit)
-            return keys, revs
+            latest_keys, latest_revs, _ = self._latest_revs(key, end, limit)
+            return latest_keys, latest_revs
         keys: list[bytes] = []
         revs: list[Revision] = []
         for ki in self.iter_range(key, end):
@@ -367,8 +367,8 @@ class TreeIndex:
     def revisions(self, key: bytes, end: bytes | None, at_rev: int, limit: int = 0) -> tuple[list[Revision], int]:
         """Up to `limit` revisions (0 = all) plus the full count of keys existing at `at_rev`."""
         if end and at_rev >= self._rev:
-            _, revs, total = self._latest_revs(key, end, limit)
-            return revs, total
+            _, latest_revs, latest_total = self._latest_revs(key, end, limit)
+            return latest_revs, latest_total
         if end and limit:
             past = self._past_count(key, end, at_rev)
             if past is not None:

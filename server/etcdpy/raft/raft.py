@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import random
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import ErrCompacted, ErrSnapshotTemporarilyUnavailable, ErrUnavailable, ProposalDropped
 from .log import RaftInvariantError, RaftLog

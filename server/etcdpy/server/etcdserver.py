@@ -655,7 +655,7 @@ class EtcdServer:
         except ProposalDropped:
             self.metrics.proposals_failed += 1
             self.wait.trigger(req_id, None)
-            raise errors.ErrNoLeader() if self.lead == NONE else errors.ErrTimeout()
+            raise (errors.ErrNoLeader() if self.lead == NONE else errors.ErrTimeout()) from None
         try:
             result: ApplyResult | None = await fut  # fails with TimeoutError after request_timeout
         except TimeoutError:

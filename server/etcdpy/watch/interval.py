@@ -116,14 +116,14 @@ class IntervalIndex(Generic[V]):
         if node is None:
             return None, None
         if node.order < order:
-            l, r = self._split(node.right, order)
-            node.right = l
+            before, after = self._split(node.right, order)
+            node.right = before
             node.update()
-            return node, r
-        l, r = self._split(node.left, order)
-        node.left = r
+            return node, after
+        before, after = self._split(node.left, order)
+        node.left = after
         node.update()
-        return l, node
+        return before, node
 
     def _merge(self, a: _Node[V] | None, b: _Node[V] | None) -> _Node[V] | None:
         """Join two treaps where every node of `a` orders before every node of `b`."""
