@@ -10,6 +10,8 @@ On failure, the log tails of every member the test used are attached to the repo
 
 from __future__ import annotations
 
+import os
+import random
 import re
 import sys
 import uuid
@@ -56,8 +58,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
             report.sections.append((f"{target()} member {m.name} ({m.endpoint}) logs", m.log_tail(80)))
 
 
+# One seed per session (ETCDPY_TEST_SEED repeats a run's random choices); each test seeds the
+# global `random` from it and its own id, so a test's choices do not depend on which ran before.
+SEED = int(os.environ.get("ETCDPY_TEST_SEED") or random.SystemRandom().randrange(1 << 32))
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return [f"etcdpy test target: {target()}", reference_versions()]
+    return [f"etcdpy test target: {target()}", reference_versions(),
+            f"random seed: {SEED} (ETCDPY_TEST_SEED={SEED} repeats this run's random choices)"]
+
+
+@pytest.fixture(autouse=True)
+def _seeded_random(request: pytest.FixtureRequest) -> None:
+    """Seed `random` for this test from the session seed (ports use SystemRandom: never repeated)."""
+    random.seed(f"{SEED}:{request.node.nodeid}")
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,13 @@ etcdpy-only and says so.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,40 +54,30 @@ def assert_one_line(proc: subprocess.CompletedProcess[str], *needles: str) -> st
     return lines[0]
 
 
-def test_peer_port_in_use(tmp_path: Path) -> None:
-    """Both servers refuse before creating the data dir; etcdpy prints no gRPC core line."""
-    busy = socket.socket()
-    busy.bind(("127.0.0.1", 0))
-    busy.listen()
-    port = busy.getsockname()[1]
-    client = reserve_port()
+@contextlib.contextmanager
+def _busy_port() -> Iterator[int]:
+    """A loopback port some other program listens on, for the test's duration."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        yield busy.getsockname()[1]
+
+
+@pytest.mark.parametrize("which", ["peer", "client"])
+def test_port_in_use(tmp_path: Path, which: str) -> None:
+    """Both servers refuse before creating the data dir; etcdpy prints one line and no gRPC core line."""
+    other = reserve_port()
     try:
-        proc = _run(_flags(tmp_path, client.port, port), tmp_path)
+        with _busy_port() as port:
+            client, peer = (other.port, port) if which == "peer" else (port, other.port)
+            proc = _run(_flags(tmp_path, client, peer), tmp_path)
     finally:
-        busy.close()
-        client.release()
+        other.release()
     assert proc.returncode != 0
     assert f"listen tcp 127.0.0.1:{port}: bind: address already in use" in proc.stderr
     assert not (tmp_path / "data").exists()
     if target() == "etcdpy":
         assert_one_line(proc, f"listen tcp 127.0.0.1:{port}: bind: address already in use")
-
-
-def test_client_port_in_use_has_no_grpc_core_line(tmp_path: Path) -> None:
-    busy = socket.socket()
-    busy.bind(("127.0.0.1", 0))
-    busy.listen()
-    port = busy.getsockname()[1]
-    peer = reserve_port()
-    try:
-        proc = _run(_flags(tmp_path, port, peer.port), tmp_path)
-    finally:
-        busy.close()
-        peer.release()
-    assert f"listen tcp 127.0.0.1:{port}: bind: address already in use" in proc.stderr
-    assert not (tmp_path / "data").exists()
-    if target() == "etcdpy":
-        assert_one_line(proc, "address already in use")
 
 
 def _etcd_data_dir(tmp_path: Path) -> Path:

@@ -51,7 +51,7 @@ def test_soak_repeated_leader_kills(make_cluster: Callable[..., Cluster]) -> Non
 
 def test_soak_random_partitions(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster(3, net=True)
-    rng = random.Random()
+    rng = random.Random(random.getrandbits(64))  # from the per-test seed (tests/conftest.py)
     workload = Workload(cluster.members, prefix="/soak-part/", clients=6, keys=12, timeout=1.0, rotate=False)
     with workload:
         for cycle in range(CYCLES):
