@@ -570,3 +570,25 @@ def test_front_in_its_own_process(make_cluster: Any, monkeypatch: pytest.MonkeyP
     finally:
         client.close()
     assert [x.value for x in resp.kvs] == [b"1"]
+
+
+def test_expect_100_continue(member: Member, prefix: str) -> None:
+    """curl sends big bodies only after "100 Continue" (it waits a second otherwise); etcd answers at once."""
+    import socket
+
+    host, port = member.endpoint.rsplit(":", 1)
+    body = json.dumps({"key": b64(prefix + "k"), "value": b64("v" * 2000)}).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /v3/kv/put HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        interim = sock.recv(4096)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n"), interim
+        sock.sendall(body)
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200 OK\r\n"), reply
+    assert set(json.loads(reply.split(b"\r\n\r\n", 1)[1])) == {"header"}

@@ -136,6 +136,7 @@ class HttpProtocol(asyncio.Protocol):
         self._can_write = asyncio.Event()
         self._can_write.set()
         self._peer_cn: str | None = None
+        self._continued = False  # "100 Continue" sent for the request being received
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Duck-typed: uvloop's transports do not subclass asyncio.Transport.
@@ -198,7 +199,12 @@ class HttpProtocol(asyncio.Protocol):
         if len(self._buf) < end + 4 + body_len:
             if self._eof:
                 self._close()
+            elif not self._continued and req.headers.get("expect", "").lower() == "100-continue":
+                # curl asks before sending a large body (and waits a second if nobody answers).
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self._continued = True
             return
+        self._continued = False
         req.body = bytes(self._buf[end + 4 : end + 4 + body_len])
         req.peer_cn = self._peer_cn
         del self._buf[: end + 4 + body_len]
