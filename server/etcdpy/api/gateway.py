@@ -35,8 +35,9 @@ On ``https://`` URLs the same API is served over TLS (see `api.cmux`). As in etc
 client certificate's CN is not a user here: with --client-cert-auth and auth enabled, a
 call presenting a CN certificate is refused with 400 (`api.http`).
 
-Not served: etcd's websocket upgrade of the streams, and ``/v3/maintenance/downgrade``
-(etcdpy has no Downgrade RPC).
+Not served: etcd's websocket upgrade of the streams, ``/v3/maintenance/downgrade``
+(etcdpy has no Downgrade RPC), and chunked request bodies (`api.http` needs a
+Content-Length), so a stream's requests arrive all at once rather than as typed.
 """
 
 from __future__ import annotations
