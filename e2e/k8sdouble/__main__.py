@@ -56,6 +56,7 @@ async def serve(state: Path, port: int) -> None:
     port = await server.start(port=port)
     node = Node(f"http://127.0.0.1:{port}", state, pod_base=f"127.{net}.0.0")
     await node.start()
+    server.pod_logs = node.pod_log
     tmp = state / "kubeconfig.tmp"
     tmp.write_text(kubeconfig(port))
     tmp.rename(state / "kubeconfig")

@@ -653,6 +653,8 @@ class ApiServer:
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
         self.runner: web.AppRunner | None = None
         self.port = 0
+        # GET pods/NAME/log: set to the node's reader (the real API server proxies this to the kubelet)
+        self.pod_logs: Callable[[str, str, str], str | None] | None = None
         self._gc_task: asyncio.Task[None] | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
@@ -712,7 +714,19 @@ class ApiServer:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if not rest:
             return web.json_response(self._resource_list(group, version))
+        if not group and len(rest) == 5 and rest[0] == "namespaces" and rest[2] == "pods" and rest[4] == "log":
+            return self._pod_log(request, rest[1], rest[3])
         return await self._resource(request, group, version, rest)
+
+    def _pod_log(self, request: web.Request, ns: str, name: str) -> web.Response:
+        """`kubectl logs`: the container's newest log from the test node (tailLines honoured)."""
+        text = self.pod_logs(ns, name, request.query.get("container", "")) if self.pod_logs else None
+        if text is None:
+            raise ApiError(404, "NotFound", f'pods "{name}" not found')
+        tail = request.query.get("tailLines")
+        if tail and tail.isdigit():
+            text = "".join(text.splitlines(keepends=True)[-int(tail):])
+        return web.Response(text=text, content_type="text/plain")
 
     def _group_list(self) -> Obj:
         groups: dict[str, list[str]] = {}

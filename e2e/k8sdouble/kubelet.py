@@ -610,6 +610,12 @@ class Node:
         # E2E_IMAGE_ENV="K=V;K2=V2": extra environment of every container (the 'image' env), for debugging
         self.image_env = dict(kv.split("=", 1) for kv in os.environ.get("E2E_IMAGE_ENV", "").split(";") if "=" in kv)
 
+    def pod_log(self, namespace: str, name: str, container: str) -> str | None:
+        """The newest log of a Pod's container (any container when not named), None if it never ran here."""
+        logs = sorted(self.state.glob(f"pods/{namespace}_{name}_*/{container or '*'}.*.log"),
+                      key=lambda p: p.stat().st_mtime)
+        return logs[-1].read_text(errors="replace") if logs else None
+
     # ---- life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         (self.state / "volumes").mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ never overlap. Spec changes wake the loop early.
 from __future__ import annotations
 
 import asyncio
+import datetime
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,6 +34,7 @@ class Runtime:
     crash: CrashPoints
     interval: float = 5.0
     wakers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    backup_metrics: Any = None  # backupexec.BackupMetrics, made on first use on metrics.registry
 
     def waker(self, namespace: str, name: str) -> asyncio.Event:
         return self.wakers.setdefault((namespace, name), asyncio.Event())
@@ -85,9 +87,28 @@ async def reconcile_once(rt: Runtime, namespace: str, name: str, log: Any) -> Ou
     for key in ("operation", "clusterToken"):
         if key in fields:
             new_status[key] = fields[key]
+    new_status["conditions"] = await _backups(rt, body, observed, new_status.get("conditions") or [], log)
     await rt.kube.patch_status(namespace, name, new_status)
     rt.metrics.record(namespace, name, new_status, action.kind.value if action.acts else "", not error)
     return Outcome(action, error)
+
+
+async def _backups(rt: Runtime, body: dict[str, Any], observed: Any, conditions: list[Any], log: Any) -> list[Any]:
+    """One backup step (backupexec.py) after the member step; its failures never fail the reconcile."""
+    from etcdpy_operator import backupexec
+
+    previous = [c for c in (body.get("status") or {}).get("conditions") or [] if c.get("type") == "BackupReady"]
+    if observed.spec.paused:
+        return backupexec.merge_condition(conditions, previous[0] if previous else None)
+    if rt.backup_metrics is None:
+        rt.backup_metrics = backupexec.BackupMetrics(rt.metrics.registry)
+    try:
+        step = backupexec.BackupStep(rt.kube, body, observed, rt.backup_metrics, log)
+        cond = await step.run(datetime.datetime.now(datetime.UTC))
+    except KubeError as e:
+        log.warning("backup step failed: %s", e)
+        cond = previous[0] if previous else None
+    return backupexec.merge_condition(conditions, cond)
 
 
 def _degraded_reason(body: dict[str, Any]) -> str:

@@ -343,6 +343,8 @@ def operator_api_calls() -> set[tuple[str, str]]:
         for verb, kind in pattern.findall(src.read_text()):
             if kind.startswith("custom_object"):
                 resource = "etcdclusters/status" if kind.endswith("_status") else "etcdclusters"
+            elif kind == "pod_log":
+                resource = "pods/log"
             else:
                 resource = kind.replace("_", "") + "s"
             calls.add((resource, VERBS[verb]))

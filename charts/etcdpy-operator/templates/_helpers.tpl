@@ -66,6 +66,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - apiGroups: [""]
   resources: [pods, persistentvolumeclaims]
   verbs: [get, list, watch, create, delete]
+# Backup Pods print their result (file, revision, sha256) as the last log line.
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]
 # The peer and client Services are created once; the PodDisruptionBudget follows spec.replicas.
 - apiGroups: [""]
   resources: [services]
