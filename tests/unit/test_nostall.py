@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from etcdpy.mvcc import KVStore
+from etcdpy.mvcc import Backend, KVStore
 from etcdpy.pb import rpc_pb2
 from etcdpy.server.apply import Applier
 
@@ -188,8 +188,9 @@ def test_snapshot_restore_builds_off_the_loop(tmp_path: Path, store: KVStore) ->
     target = KVStore(str(tmp_path / "other"))
 
     async def run() -> None:
-        leased, turns = await _ticks_during(target.restore_from_async(snap, collect_leased=True))
-        assert leased == []
+        (leased, replaced), turns = await _ticks_during(target.restore_from_async(snap, collect_leased=True))
+        assert leased == [] and replaced is not None
+        Backend.remove_replaced(replaced)
         assert turns > 0, "the snapshot install held the event loop"
         assert target.hash_kv(0) == expected and target.current_rev == store.current_rev
         assert target.consistent_index == store.consistent_index
@@ -216,3 +217,28 @@ def test_heap_freezer_freezes_after_enough_applied_entries() -> None:
     h.applied(99)
     assert h.freezes == 1
     gc.unfreeze()
+
+
+def test_swap_waits_for_a_scan_over_a_pinned_view(tmp_path: Path, store: KVStore) -> None:
+    """A snapshot install asked for during a HashKV waits until its scan ends (no closed-DB reads)."""
+    snap = str(tmp_path / "snap.db")
+    store.snapshot_to(snap)
+    order: list[str] = []
+
+    async def hashing() -> None:
+        await store.hash_kv_async(0)
+        order.append("hash")
+
+    async def restoring() -> None:
+        _, replaced = await store.restore_from_async(snap)
+        Backend.remove_replaced(replaced)
+        order.append("restore")
+
+    async def run() -> None:
+        h = asyncio.create_task(hashing())
+        await asyncio.sleep(0)  # the hash holds the backend from its plan on
+        await asyncio.gather(h, restoring())
+        assert order == ["hash", "restore"]
+        assert store.backend.worker_users == 0
+
+    asyncio.run(run())

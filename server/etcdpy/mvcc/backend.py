@@ -216,14 +216,38 @@ class Backend:
 
         Why: rocksdict refuses (``RuntimeError: Already borrowed``) or crashes when the DB is
         closed while another thread is inside it, and a snapshot install swaps the whole DB.
-        Every worker-thread use goes through here, and `exclusive()` (close, swap) first
-        waits for all of them. A cancelled caller does not end its use early: the thread
-        keeps running, so the use ends when the thread does.
+        Every worker-thread use goes through here (or `hold` + `in_thread`), and
+        `exclusive()` (close, swap) first waits for all of them. Pass callables that look
+        the DB up when they run (`lambda: backend.db.flush(True)`), not bound methods of it.
+        """
+        async with self.hold():
+            return await self.in_thread(fn, *args, **kwargs)
+
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """Keep the DB open for a block on the loop (e.g. from pinning a view to the end of its scan).
+
+        Waits while a close/swap holds the backend. Inside, use `in_thread`, not
+        `run_in_worker`: a swap waiting for this hold to end would otherwise wait for us.
         """
         idle, exclusive = self._lifecycle()
         while exclusive.locked():
             async with exclusive:
                 pass
+        self._users += 1
+        idle.clear()
+        try:
+            yield
+        finally:
+            self._release_user(None)
+
+    async def in_thread(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run `fn` on a worker thread, counted as a user until the thread ends (only inside `hold`).
+
+        A cancelled caller does not end the use early: the thread keeps running, so the use
+        ends when the thread does.
+        """
+        idle, _ = self._lifecycle()
         self._users += 1
         idle.clear()
         loop = asyncio.get_running_loop()

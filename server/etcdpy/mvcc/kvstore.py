@@ -432,12 +432,13 @@ class KVStore:
 
     async def hash_kv_async(self, rev: int = 0) -> tuple[int, int, int]:
         """HashKV without holding the loop: keep set in slices between loop turns, scan on a worker thread."""
-        keep: set[Revision] = set()
-        at = rev if rev > 0 else self._current_rev
-        scan = self.hash_kv_plan(rev, keep)  # checks, pins the view, fixes the revisions
-        for _ in self._index.keep_steps(at, keep):
-            await asyncio.sleep(0)
-        return await self._backend.run_in_worker(scan)
+        async with self._backend.hold():  # the pinned view's DB stays open until the scan ends
+            keep: set[Revision] = set()
+            at = rev if rev > 0 else self._current_rev
+            scan = self.hash_kv_plan(rev, keep)  # checks, pins the view, fixes the revisions
+            for _ in self._index.keep_steps(at, keep):
+                await asyncio.sleep(0)
+            return await self._backend.in_thread(scan)
 
     def hash(self) -> int:
         """Hash of the whole backend except the consistent index/term (Maintenance.Hash)."""
@@ -445,7 +446,8 @@ class KVStore:
 
     async def hash_async(self) -> int:
         """Maintenance.Hash on a worker thread, over the backend as of the call."""
-        return await self._backend.run_in_worker(self._backend.hash_plan())
+        async with self._backend.hold():
+            return await self._backend.in_thread(self._backend.hash_plan())
 
     # -- maintenance ----------------------------------------------------------
 
@@ -465,7 +467,9 @@ class KVStore:
     def snapshot_to(self, dest: str | BinaryIO) -> int:
         return self._backend.snapshot_to(dest)
 
-    async def restore_from_async(self, src: str, collect_leased: bool = False) -> list[tuple[bytes, int]]:
+    async def restore_from_async(
+        self, src: str, collect_leased: bool = False
+    ) -> tuple[list[tuple[bytes, int]], str | None]:
         """`restore_from` for a running server: nothing slow on the loop.
 
         On a worker thread: the file is loaded into a staged RocksDB next to ours and a
@@ -473,7 +477,9 @@ class KVStore:
         this store keeps serving. Then, holding the backend exclusively (in-flight
         worker-thread users finish first), the directories are swapped and the staged
         memory state adopted: quick. With `collect_leased`, returns (key, lease) of every
-        live key with a lease, read from the staged store off the loop (for the lessor).
+        live key with a lease, read from the staged store off the loop (for the lessor), and
+        the replaced directory, to be deleted with `Backend.remove_replaced` on a worker
+        thread once the caller has caught up with the new contents.
         """
         if self._txn is not None:
             raise RuntimeError("mvcc: cannot restore with a write txn open")
@@ -489,7 +495,7 @@ class KVStore:
             return staged, leased
 
         staged, leased = await asyncio.to_thread(stage)
-        await self._backend.run_in_worker(self._backend.db.flush, True)  # so that closing has little to write
+        await self._backend.run_in_worker(lambda: self._backend.db.flush(True))  # so that closing has little to write
         async with self._backend.exclusive():
             self.close()
             try:
@@ -498,8 +504,7 @@ class KVStore:
                 self._backend.reopen()
             self.restore_generation += 1
             self._adopt(staged)
-        await asyncio.to_thread(Backend.remove_replaced, moved)
-        return leased
+        return leased, moved
 
     def _adopt(self, staged: KVStore) -> None:
         """Take over the memory state a staged store built from the same files."""

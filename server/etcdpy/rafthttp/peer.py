@@ -16,6 +16,7 @@ fit is dropped and the peer reported unreachable, as etcd does when its buffers 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -353,7 +354,9 @@ class PeerSender:
         try:
             if self.blocked():
                 raise PeerUnreachable("blocked by fault injection")
-            source = t.snapshot_source(m) if t.snapshot_source is not None else None
+            got = t.snapshot_source(m) if t.snapshot_source is not None else None
+            # The server may first flush the store off the loop, so the source can be awaitable.
+            source = await got if inspect.isawaitable(got) else got
             # One attempt: the backend stream cannot be rewound, and raft retries on failure.
             url = self.urls[self._url_idx % len(self.urls)]
             mc = self._channel(url, snapshot=True).stream_unary(

@@ -141,7 +141,7 @@ class Transport:
         report_unreachable: Callable[[int], None] = _noop,
         report_snapshot: Callable[[int, bool], None] = _noop,
         on_snapshot: Callable[[Message, str], Awaitable[None] | None] | None = None,
-        snapshot_source: Callable[[Message], SnapshotSource | None] | None = None,
+        snapshot_source: Callable[[Message], SnapshotSource | None | Awaitable[SnapshotSource | None]] | None = None,
         snapshot_dir: str | None = None,
         on_removed: Callable[[int], None] = _noop,
         is_removed: Callable[[int], bool] | None = None,

@@ -195,8 +195,9 @@ class Applier:
         """`range` that reads and builds a big answer on a worker thread (an unpaginated Range).
 
         The index lookup happens now, on the loop; loading, decoding, sorting and building
-        the response of many values is left to `run_in_worker` (Backend.run_in_worker), over
-        a RocksDB view pinned now, so the answer is the store as of this call.
+        the response of many values is left to `run_in_worker` (a worker thread: the server
+        passes `Backend.in_thread` inside `Backend.hold`), over a RocksDB view pinned now, so
+        the answer is the store as of this call.
         """
         if req.count_only:
             return self.range(req)

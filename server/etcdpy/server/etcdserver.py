@@ -23,7 +23,7 @@ from etcdpy.auth import AuthInfo, AuthStore, SimpleTokenProvider
 from etcdpy.config import MAX_GAP_BETWEEN_APPLY_AND_COMMIT, ServerConfig
 from etcdpy.lease import ExpiredLeaseRevoker, Lessor, min_lease_ttl, renew_on_primary
 from etcdpy.metrics import ServerMetrics
-from etcdpy.mvcc import COMPACTION_SLEEP_SECONDS, CompactionJob, KVStore
+from etcdpy.mvcc import COMPACTION_SLEEP_SECONDS, Backend, CompactionJob, KVStore
 from etcdpy.pb import raft_internal_pb2, rpc_pb2
 from etcdpy.raft import Config as RaftConfig
 from etcdpy.raft import Peer, RawNode
@@ -436,13 +436,17 @@ class EtcdServer:
         if not self._stopped:
             self._spawn(self._stop_removed(), "removed")
 
-    def _snapshot_source(self, m: Message) -> SnapshotSource:
+    async def _snapshot_source(self, m: Message) -> SnapshotSource:
         """etcd's merged snapshot: the MVCC store as applied right now, described at the applied index.
 
         The store is newer than raft's own snapshot, so the message is relabelled with the
         applied index/term and the current ConfState; the follower installs exactly that state.
+        The memtables are flushed on a worker thread first: the checkpoint (taken on the loop,
+        together with the metadata, so the two match) then has little left to flush, which it
+        would do holding the GIL.
         """
         assert self.kv is not None
+        await self.kv.backend.run_in_worker(lambda: self.kv.backend.db.flush(True))  # type: ignore[union-attr]
         p = self.progress
         m.snapshot = Snapshot(
             data=self.cluster.to_json(),
@@ -699,7 +703,8 @@ class EtcdServer:
         # etcd's doSerialize: check and read with no await in between, so no auth change slips in.
         self.auth_store.is_range_permitted(auth, req.key, req.range_end)
         assert self.kv is not None
-        resp = await self.applier.range_async(req, self.kv.backend.run_in_worker)
+        async with self.kv.backend.hold():  # the DB stays open from the plan to the end of the load
+            resp = await self.applier.range_async(req, self.kv.backend.in_thread)
         self.fill_header(resp.header)
         return resp
 
@@ -1000,12 +1005,13 @@ class EtcdServer:
         if path is None:
             path = snapshot_db_path(self.cfg.snap_dir, snap.metadata.index)
         assert self.kv is not None
+        replaced: str | None = None
         if os.path.exists(path) and self.kv.consistent_index < snap.metadata.index:
-            leased = await self.kv.restore_from_async(path, collect_leased=True)
+            leased, replaced = await self.kv.restore_from_async(path, collect_leased=True)
+            # From the swap on, nothing awaits until progress describes the new store.
             self._resolve_compaction_waiters(everything=True)
             self._after_store_restored(leased)
             self.heap.freeze()  # a new index: out of the full collections' way
-        await asyncio.to_thread(self._remove_installed_snapshot_dbs)
         old_members = set(self.cluster.members)
         self.cluster = RaftCluster.from_json(snap.data)
         if self.transport is not None:
@@ -1021,6 +1027,8 @@ class EtcdServer:
         self.progress.applied_term = snap.metadata.term
         self.progress.snapshot_index = snap.metadata.index
         self.applied_wait.trigger(snap.metadata.index)
+        await asyncio.to_thread(Backend.remove_replaced, replaced)
+        await asyncio.to_thread(self._remove_installed_snapshot_dbs)
 
     async def apply_entries(self, entries: list[Entry]) -> None:
         """Apply committed entries in order, yielding to the loop every APPLY_SLICE_SECONDS.
