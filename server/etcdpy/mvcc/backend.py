@@ -334,13 +334,19 @@ class Backend:
         ro = ReadOptions()
         ro.set_iterate_lower_bound(lo)
         ro.set_iterate_upper_bound(hi)
-        items = self.db.items(from_key=lo, read_opt=ro)  # the RocksDB iterator (and its view) starts here
+        # The RocksDB iterator (and the view it reads) starts here; it is positioned only by the
+        # first `next()`, on the consuming thread: after a big compaction the first seek may
+        # skip hundreds of thousands of deletion markers while holding the GIL.
+        it = self.db.iter(ro)
 
         def gen() -> Iterator[tuple[bytes, bytes]]:
-            for k, v in items:
+            it.seek(lo)
+            while it.valid():
+                k = it.key()
                 if k >= hi:
                     return
-                yield k[strip:], v
+                yield k[strip:], it.value()
+                it.next()
 
         return gen()
 
@@ -412,11 +418,17 @@ class Backend:
 
     def hash_plan(self, ignore: Callable[[str, bytes], bool] = default_hash_ignore) -> Callable[[], int]:
         """`hash` over the DB as of now, computed by the returned call (on a worker thread)."""
-        items = self.db.items()  # pins the view now
+        it = self.db.iter(ReadOptions())  # pins the view now; positioned on the worker thread
+
+        def items() -> Iterator[tuple[bytes, bytes]]:
+            it.seek_to_first()
+            while it.valid():
+                yield it.key(), it.value()
+                it.next()
 
         def scan() -> int:
             h = 0
-            for raw, v in items:
+            for raw, v in items():
                 bucket, _, key = raw.partition(b"\x00")
                 if ignore(bucket.decode(), key):
                     continue

@@ -33,7 +33,7 @@ _MAX_SUB = (1 << 63) - 1
 # How many recent (revision, key) changes TreeIndex remembers for counting at
 # recent past revisions (paged lists at a fixed revision) without a full walk.
 CHANGE_LOG_MAX = 100_000
-INDEX_STEP_KEYS = 5000
+INDEX_STEP_KEYS = 2000
 """Keys visited per slice of an incremental index compaction or keep (a few ms each)."""
 
 
@@ -443,7 +443,7 @@ class TreeIndex:
         answer from a compacted or an uncompacted key; writes between slices only add
         revisions above rev, which compaction at rev leaves alone.
         """
-        keys = list(self._tree.keys())
+        keys = list(self._tree)  # SortedDict iteration is a C-level chain; .keys() is not
         tree = self._tree
         for i in range(0, len(keys), batch):
             for key in keys[i : i + batch]:
@@ -461,7 +461,7 @@ class TreeIndex:
         The answer is that of the moment it started: later writes add revisions above
         `rev`, and compaction at or below `rev` keeps the newest revision <= rev.
         """
-        keys = list(self._tree.keys())
+        keys = list(self._tree)  # SortedDict iteration is a C-level chain; .keys() is not
         tree = self._tree
         for i in range(0, len(keys), batch):
             for key in keys[i : i + batch]:
