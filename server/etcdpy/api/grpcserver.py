@@ -43,7 +43,7 @@ def grpc_options(cfg: ServerConfig) -> list[tuple[str, Any]]:
 def register_services(server: EtcdServer, g: Any) -> None:
     """Add every v3 service to `g`: a gRPC server, or a `ServiceRegistry` standing in for one."""
     cfg = server.cfg
-    rpc_pb2_grpc.add_KVServicer_to_server(KVService(server), g)
+    KVService(server).add_to_server(g)  # Range answers pre-encoded bytes (encoded off the loop when big)
     rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(server), g)
     rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(server), g)
     rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(server), g)

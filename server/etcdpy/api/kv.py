@@ -21,6 +21,46 @@ class KVService(rpc_pb2_grpc.KVServicer):
         return await self.server.range(request, await auth_info(self.server, context))
 
     @rpc
+    async def RangeEncoded(self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext) -> bytes:
+        """What the gRPC server runs for Range (see `add_to_server`): the answer comes encoded,
+        a big one encoded on the worker thread that built it instead of on the loop."""
+        validate.check_range_request(request)
+        return await self.server.range_wire(request, await auth_info(self.server, context))
+
+    def add_to_server(self, g: grpc.aio.Server) -> None:
+        """Register like the generated `add_KVServicer_to_server`, but Range sends pre-encoded bytes."""
+        handlers = {
+            "Range": grpc.unary_unary_rpc_method_handler(
+                self.RangeEncoded,
+                request_deserializer=rpc_pb2.RangeRequest.FromString,
+                response_serializer=_passthrough,
+            ),
+            "Put": grpc.unary_unary_rpc_method_handler(
+                self.Put,
+                request_deserializer=rpc_pb2.PutRequest.FromString,
+                response_serializer=rpc_pb2.PutResponse.SerializeToString,
+            ),
+            "DeleteRange": grpc.unary_unary_rpc_method_handler(
+                self.DeleteRange,
+                request_deserializer=rpc_pb2.DeleteRangeRequest.FromString,
+                response_serializer=rpc_pb2.DeleteRangeResponse.SerializeToString,
+            ),
+            "Txn": grpc.unary_unary_rpc_method_handler(
+                self.Txn,
+                request_deserializer=rpc_pb2.TxnRequest.FromString,
+                response_serializer=rpc_pb2.TxnResponse.SerializeToString,
+            ),
+            "Compact": grpc.unary_unary_rpc_method_handler(
+                self.Compact,
+                request_deserializer=rpc_pb2.CompactionRequest.FromString,
+                response_serializer=rpc_pb2.CompactionResponse.SerializeToString,
+            ),
+        }
+        # Both forms, as generated code registers: servers look registered methods up first.
+        g.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("etcdserverpb.KV", handlers),))
+        g.add_registered_method_handlers("etcdserverpb.KV", handlers)
+
+    @rpc
     async def Put(self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.PutResponse:
         validate.check_put_request(request)
         return await self.server.put(request, await auth_info(self.server, context))
@@ -42,3 +82,8 @@ class KVService(rpc_pb2_grpc.KVServicer):
         self, request: rpc_pb2.CompactionRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.CompactionResponse:
         return await self.server.compact(request, await auth_info(self.server, context))
+
+
+def _passthrough(resp: bytes | rpc_pb2.RangeResponse) -> bytes:
+    """Range's serializer: the answer comes encoded (a message is still accepted)."""
+    return resp if isinstance(resp, bytes) else resp.SerializeToString()

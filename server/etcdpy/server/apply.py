@@ -190,14 +190,18 @@ class Applier:
         return resp
 
     async def range_async(
-        self, req: rpc_pb2.RangeRequest, run_in_worker: Callable[[Callable[[], rpc_pb2.RangeResponse]], Any]
-    ) -> rpc_pb2.RangeResponse:
+        self,
+        req: rpc_pb2.RangeRequest,
+        run_in_worker: Callable[[Callable[[], Any]], Any],
+        finalize: Callable[[rpc_pb2.RangeResponse], Any] | None = None,
+    ) -> Any:
         """`range` that reads and builds a big answer on a worker thread (an unpaginated Range).
 
         The index lookup happens now, on the loop; loading, decoding, sorting and building
         the response of many values is left to `run_in_worker` (a worker thread: the server
         passes `Backend.in_thread` inside `Backend.hold`), over a RocksDB view pinned now, so
-        the answer is the store as of this call.
+        the answer is the store as of this call. `finalize` (e.g. fill the header and
+        serialize) runs on the built response in the same place, and its result is returned.
         """
         if req.count_only:
             return self.range(req)
@@ -205,14 +209,14 @@ class Applier:
             req.key, req.range_end or None, rev=req.revision, limit=_fetch_limit(req)
         )
 
-        def finish() -> rpc_pb2.RangeResponse:
+        def finish() -> Any:
             resp = rpc_pb2.RangeResponse()
-            return self._range_answer(_LoadedRange(load(), count, rev), rev, req, resp)
+            self._range_answer(_LoadedRange(load(), count, rev), rev, req, resp)
+            return finalize(resp) if finalize is not None else resp
 
         if small:
             return finish()
-        resp: rpc_pb2.RangeResponse = await run_in_worker(finish)
-        return resp
+        return await run_in_worker(finish)
 
     def txn_read_only(self, req: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
         """A txn of ranges only, served from the local store like a Range (etcd does not log it)."""
