@@ -472,21 +472,25 @@ class EtcdServer:
         """After a crash between saving a received snapshot and installing its store, finish the install."""
         assert self.kv is not None
         snap = Snapshotter(self.cfg.snap_dir).load()
-        if snap is not None and not snap.is_empty() and self.kv.consistent_index < snap.metadata.index:
-            path = snapshot_db_path(self.cfg.snap_dir, snap.metadata.index)
+        snap_index = 0
+        if snap is not None and not snap.is_empty():
+            snap_index = snap.metadata.index
+        if snap_index and self.kv.consistent_index < snap_index:
+            path = snapshot_db_path(self.cfg.snap_dir, snap_index)
             if os.path.exists(path):
-                self.log.info("installing saved snapshot database", extra={"fields": {"index": snap.metadata.index}})
+                self.log.info("installing saved snapshot database", extra={"fields": {"index": snap_index}})
                 self.kv.restore_from(path)
-        self._remove_installed_snapshot_dbs()
+        self._remove_installed_snapshot_dbs(max(snap_index, self.kv.consistent_index))
 
-    def _remove_installed_snapshot_dbs(self) -> None:
-        """Delete received `<index>.snap.db` files the store already holds (installed, or overtaken).
+    def _remove_installed_snapshot_dbs(self, upto: int) -> None:
+        """Delete received `<index>.snap.db` files up to raft index `upto` (installed, or overtaken).
 
         Each is a full copy of the database; etcd consumes the file by renaming it into
-        place. One the store has not reached yet may still be installed, so it stays.
+        place. `upto` is an index the store is known to hold (an installed snapshot's, the
+        applied index); the store's own consistent index can be lower, since entries that do
+        not touch MVCC (membership) do not move it. A newer file may still be installed: it stays.
         """
-        assert self.kv is not None
-        applied = self.kv.consistent_index
+        applied = upto
         try:
             names = os.listdir(self.cfg.snap_dir)
         except FileNotFoundError:
@@ -1046,7 +1050,7 @@ class EtcdServer:
         self.progress.snapshot_index = snap.metadata.index
         self.applied_wait.trigger(snap.metadata.index)
         await asyncio.to_thread(Backend.remove_replaced, replaced)
-        await asyncio.to_thread(self._remove_installed_snapshot_dbs)
+        await asyncio.to_thread(self._remove_installed_snapshot_dbs, snap.metadata.index)
 
     async def apply_entries(self, entries: list[Entry]) -> None:
         """Apply committed entries in order, yielding to the loop every APPLY_SLICE_SECONDS.
@@ -1267,7 +1271,7 @@ class EtcdServer:
                     index, conf_state, data, self.cfg.snapshot_catchup_entries, self._sync_backend
                 )
                 self.progress.snapshot_index = index
-                await asyncio.to_thread(self._remove_installed_snapshot_dbs)
+                await asyncio.to_thread(self._remove_installed_snapshot_dbs, index)
             except Exception:
                 # Not retried on every apply pass: the next try comes after another
                 # snapshot-count entries, as if this one had been taken.
