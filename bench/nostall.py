@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "server")]
 
-from cluster.nostall import OPERATIONS, SERVER_ARGS, OpResult, scenario
-from harness import Cluster
+from cluster.nostall import OPERATIONS, SERVER_ARGS, OpResult, scenario  # noqa: E402 - after the path setup
+from harness import Cluster  # noqa: E402 - after the path setup
 
 
 def run_target(target: str, keys: int, versions: int, seed: int, base: Path) -> tuple[list[OpResult], str]:
