@@ -185,6 +185,9 @@ def test_https_url_without_cert_fails_to_start(tmp_path: Path) -> None:
         assert m.proc is not None
         code = m.proc.wait(60)
         assert code != 0
+        # etcd's own words, which etcdpy's one line repeats.
+        want = f"TLS key/cert (--cert-file, --key-file) must be provided for client url {m.client_url} with HTTPS scheme"
+        assert want in m.stderr_path.read_text()
         if target() == "etcdpy":
             err = m.stderr_path.read_text().strip().splitlines()
             assert err[-1] == (f"etcdpy: TLS key/cert (--cert-file, --key-file) must be provided for client url "
