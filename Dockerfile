@@ -31,7 +31,8 @@ RUN apt-get update -qq \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb /var/log/apt /var/log/dpkg.log \
  && echo 'etcdpy:x:10001:10001:etcdpy:/var/lib/etcd:/usr/sbin/nologin' >>/etc/passwd \
  && echo 'etcdpy:x:10001:' >>/etc/group \
- && mkdir -p /var/lib/etcd && chown 10001:10001 /var/lib/etcd && chmod 0700 /var/lib/etcd
+ && mkdir -p /var/lib/etcd /var/lib/etcd-backups \
+ && chown 10001:10001 /var/lib/etcd /var/lib/etcd-backups && chmod 0700 /var/lib/etcd /var/lib/etcd-backups
 COPY --from=builder /opt/etcdpy /opt/etcdpy
 ENV PATH=/opt/etcdpy/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 USER 10001:10001

@@ -376,6 +376,36 @@ class Container:
         podman("rm", "-f", "--time", "0", self.name, check=False)
 
 
+def check_backup_agent(image: str, endpoint: str) -> None:
+    """The operator's backup Pod command, from the image, saves a verified snapshot of a live member."""
+    if not (ROOT / "operator" / "etcdpy_operator" / "agent.py").is_file():
+        log("no backup agent (operator/etcdpy_operator/agent.py) in this tree yet: backup check not applicable")
+        return
+    try:  # the operator's own command and mount, so the check follows what its backup Pods run
+        from etcdpy_operator.backupexec import AGENT_COMMAND, BACKUP_MOUNT, parse_result
+    except ImportError as e:
+        raise SmokeFailure(f"cannot import etcdpy_operator here ({e}); run with the project's venv") from e
+
+    volume = f"etcdpy-smoke-backups-{uuid.uuid4().hex[:8]}"
+    podman("volume", "create", volume)
+    try:
+        p = podman("run", "--rm", "--network", "host", "-v", f"{volume}:{BACKUP_MOUNT}",
+                   "--entrypoint", AGENT_COMMAND[0], image, *AGENT_COMMAND[1:],
+                   f"--endpoint={endpoint}", f"--dir={BACKUP_MOUNT}", "--cluster=smoke", "--trigger=OnDemand",
+                   check=False)
+        result = parse_result(p.stdout + p.stderr)
+        if p.returncode != 0 or "error" in result:
+            raise SmokeFailure(f"backup agent from the image exited {p.returncode}: {result}")
+        files = podman("run", "--rm", "-v", f"{volume}:{BACKUP_MOUNT}", "--entrypoint", "ls", image,
+                       BACKUP_MOUNT).stdout.split()
+        db = [f for f in files if f.startswith("smoke-") and f.endswith(".db")]
+        if len(db) != 1 or f"{db[0]}.json" not in files:
+            raise SmokeFailure(f"backup volume holds {files}, expected one smoke-*.db and its .json")
+        log(f"backup agent ({' '.join(AGENT_COMMAND)}) from the image saved {db[0]}")
+    finally:
+        podman("volume", "rm", "-f", volume, check=False)
+
+
 def run_checks(image: str) -> None:
     """All checks in order; containers and the volume are removed whatever happens."""
     check_metadata(image)
@@ -396,6 +426,7 @@ def run_checks(image: str) -> None:
         if status != 200 or body.strip() != "ok":
             raise SmokeFailure(f"/readyz on the client port: {status} {body!r}")
         log(f"default command (tini, env config) serves clients: put/get and /readyz ok on {first.endpoint}")
+        check_backup_agent(image, first.endpoint)
         log(f"SIGTERM under tini: exit 0 after {first.sigterm():.2f}s")
         second.start(as_pod=True)
         got = etcdctl(second.endpoint, "get", "smoke/key", "--print-value-only").strip()
