@@ -264,3 +264,31 @@ def test_cancelled_member_change_leaves_no_wait_behind(tmp_path: Path) -> None:
             await s.stop()
 
     asyncio.run(run())
+
+
+def test_failed_snapshot_is_not_retried_on_every_apply_pass(tmp_path: Path) -> None:
+    """A raft snapshot that fails is tried again after another snapshot-count entries; finished tasks are dropped."""
+
+    async def run() -> None:
+        s = await _started(_cfg(tmp_path, snapshot_count=20))
+        attempts = 0
+
+        async def failing(*_args: object, **_kw: object) -> None:
+            nonlocal attempts
+            attempts += 1
+            raise OSError("disk full (test)")
+
+        try:
+            assert s.raft is not None
+            s.raft.create_snapshot = failing  # type: ignore[method-assign]
+            tasks_before = len(s._tasks)
+            for i in range(70):  # one apply pass each
+                await s.process_internal_raft_request(_put(b"f%d" % i))
+            await asyncio.sleep(0.05)
+            # Without the back-off every pass after the first 20 entries tried again (~50 attempts).
+            assert 1 <= attempts <= 3, attempts
+            assert len(s._tasks) <= tasks_before, "finished snapshot tasks stay in the task list"
+        finally:
+            await s.stop()
+
+    asyncio.run(run())
