@@ -10,7 +10,6 @@ already (deployed by the kind runner) and members are reached through `kubectl p
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import random
@@ -41,10 +40,13 @@ LABEL_CLUSTER = "etcd.etcdpy.io/cluster"
 MERGE = "application/merge-patch+json"
 
 
-def _die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
-    def preexec() -> None:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)
-    return preexec
+def dies_with_us(argv: list[str], sig: str = "KILL") -> list[str]:
+    """`argv` run under `setpriv --pdeathsig`, so it dies if this process does.
+
+    Why not a preexec_fn: Python code between fork and exec in a process whose gRPC threads are busy
+    (the writers) made a child abort in gRPC's poller; without a preexec_fn subprocess uses vfork.
+    """
+    return ["setpriv", "--pdeathsig", sig, "--", *argv]
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
@@ -196,9 +198,8 @@ class DoubleKube(Kube):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(E2E), str(ROOT / "server"), str(ROOT / "operator"),
                                                             os.environ.get("PYTHONPATH", "")])}
         env.pop("KUBECONFIG", None)
-        self.proc = subprocess.Popen([sys.executable, "-m", "k8sdouble", str(state), "--die-with-parent"],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                     preexec_fn=_die_with_parent(signal.SIGTERM))  # noqa: PLW1509 - no threads yet at spawn
+        self.proc = subprocess.Popen(dies_with_us([sys.executable, "-m", "k8sdouble", str(state)], "TERM"),
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
         wait_until(lambda: (state / "kubeconfig").exists() or self.proc.poll() is not None, 30, "the API double")
         if self.proc.poll() is not None:
             raise RuntimeError(f"k8sdouble exited: {(state / 'k8sdouble.log').read_text()[-2000:]}")
@@ -224,9 +225,9 @@ class DoubleKube(Kube):
                 "--metrics-port", str(metrics), "--log-level", "debug"]
         script = f"mount --bind {shlex.quote(str(self.state / 'hosts'))} /etc/hosts && exec \"$@\""
         out = open(self.state / f"operator.{self.operator_starts}.log", "ab")  # noqa: SIM115 - owned by the child
-        self.operator = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script,
-                                          "sh", *argv], stdout=out, stderr=subprocess.STDOUT, env=penv,
-                                         start_new_session=True, preexec_fn=_die_with_parent())  # noqa: PLW1509 - no threads yet at spawn
+        self.operator = subprocess.Popen(dies_with_us(["unshare", "--mount", "--propagation", "private", "--", "sh",
+                                                       "-c", script, "sh", *argv]),
+                                         stdout=out, stderr=subprocess.STDOUT, env=penv, start_new_session=True)
         out.close()
 
     def operator_exited(self) -> int | None:
@@ -318,7 +319,7 @@ class RealKube(Kube):
             local = _free_port()
             proc = subprocess.Popen(["kubectl", "--kubeconfig", str(self.kubeconfig), "-n", ns, "port-forward",
                                      f"pod/{pod.metadata.name}", f"{local}:{port}"], stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent())  # noqa: PLW1509 - no threads yet at spawn
+                                    stderr=subprocess.DEVNULL)
             wait_until(lambda: _connectable("127.0.0.1", local), 20, f"port-forward to {pod.metadata.name}")
             self.forwards[key] = fwd = (proc, local)
         return f"127.0.0.1:{fwd[1]}"

@@ -57,8 +57,11 @@ def test_operator_killed_at(point: str, operator: Kube, ns: str) -> None:
     wait_available(kube, ns, "cp", final, timeout=400)
     assert_converged(kube, ns, "cp", final)
     if "etcd" in change:
-        wait_until(lambda: (kube.etcdcluster(ns, "cp")["status"].get("operation") in (None, {})), t(300),
-                   "the roll to finish")
-        for pod in kube.member_pods(ns, "cp"):
-            assert "--snapshot-count=5000" in " ".join(pod.spec.containers[0].args or []), pod.metadata.name
+        def rolled() -> bool:
+            pods = kube.member_pods(ns, "cp")
+            return len(pods) == final and all(
+                "--snapshot-count=5000" in " ".join(p.spec.containers[0].args or []) for p in pods) and \
+                kube.available(ns, "cp", final)
+        wait_until(rolled, t(400), f"every member rolled after the crash ({summary(kube, ns, 'cp')})")
+        assert_converged(kube, ns, "cp", final)
     assert writer.verify() > 0
