@@ -97,6 +97,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         bad = [t for t in args.targets if t not in KNOWN_TARGETS]
         if bad:
             parser.error(f"unknown target(s) {bad}; known: {', '.join(KNOWN_TARGETS)}")
+    if "etcd35" in args.targets and not args.endpoints and not args.etcd35_bin:
+        parser.error("target etcd35 needs --etcd35-bin (an etcd 3.5 binary)")
     if args.serial:
         args.clients, args.concurrency = 1, 1
     if min(args.clients, args.concurrency, args.keyspace) < 1 or args.value_size < 0:
