@@ -91,10 +91,9 @@ def strict(schema: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@pytest.fixture(scope="session")
-def cluster_validator() -> Any:
-    """A jsonschema validator for whole EtcdCluster objects built from the CRD's v1alpha1 schema."""
-    crd = yaml.safe_load(CRD.read_text())
+def crd_validator(path: Path) -> Any:
+    """A jsonschema validator for whole objects of a CRD, built from its v1alpha1 schema."""
+    crd = yaml.safe_load(path.read_text())
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")
     schema = strict(version["schema"]["openAPIV3Schema"])
     schema["properties"].update({
@@ -105,6 +104,19 @@ def cluster_validator() -> Any:
     schema.setdefault("required", [])
     schema["required"] = sorted({*schema["required"], "apiVersion", "kind", "metadata"})
     return jsonschema.Draft7Validator(schema)
+
+
+@pytest.fixture(scope="session")
+def cluster_validator() -> Any:
+    """The validator of EtcdCluster objects."""
+    return crd_validator(CRD)
+
+
+@pytest.fixture(scope="session")
+def validators() -> dict[str, Any]:
+    """A validator per kind of every CRD the operator ships."""
+    return {yaml.safe_load(p.read_text())["spec"]["names"]["kind"]: crd_validator(p)
+            for p in sorted(CRD.parent.glob("*.yaml"))}
 
 
 # --- lint and render -------------------------------------------------------------------------------
@@ -265,12 +277,23 @@ EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
-def test_example_resources_match_the_crd(path: Path, cluster_validator: Any) -> None:
+def test_example_resources_match_the_crd(path: Path, validators: dict[str, Any]) -> None:
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     assert docs
     for doc in docs:
-        errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in cluster_validator.iter_errors(doc)]
+        assert doc["kind"] in validators, f"{doc['kind']} is not a kind of the operator's CRDs"
+        errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in validators[doc["kind"]].iter_errors(doc)]
         assert not errors, errors
+
+
+def test_examples_cover_backups(validators: dict[str, Any]) -> None:
+    """A scheduled-backup cluster and an on-demand backup of it are among the examples."""
+    docs = [d for p in EXAMPLES for d in yaml.safe_load_all(p.read_text()) if d]
+    scheduled = [d for d in docs if d["kind"] == "EtcdCluster" and (d["spec"].get("backup") or {}).get("schedule")]
+    assert scheduled
+    if "EtcdBackup" in validators:
+        names = {d["metadata"]["name"] for d in scheduled}
+        assert any(d["kind"] == "EtcdBackup" and d["spec"]["clusterName"] in names for d in docs)
 
 
 @pytest.mark.parametrize(("change", "where"), [
@@ -361,3 +384,12 @@ def test_rbac_grants_every_call_the_operator_makes(tools: Path, values: Path | N
     for role in kinds(docs, kind):
         granted = {(res, verb) for r in role["rules"] for res in r["resources"] for verb in r["verbs"]}
         assert calls <= granted, f"{kind} {role['metadata']} lacks {sorted(calls - granted)}"
+
+
+def test_backup_validation_refuses_a_backup_without_its_cluster(validators: dict[str, Any]) -> None:
+    if "EtcdBackup" not in validators:
+        pytest.skip("no EtcdBackup CRD yet")
+    doc = yaml.safe_load((ROOT / "manifests" / "examples" / "etcdbackup-on-demand.yaml").read_text())
+    doc["spec"] = {"cluster": "prod"}
+    messages = [e.message for e in validators["EtcdBackup"].iter_errors(doc)]
+    assert any("clusterName" in m for m in messages) and any("cluster" in m for m in messages), messages
