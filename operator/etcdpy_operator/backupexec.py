@@ -61,6 +61,10 @@ class BackupMetrics:
                                registry=registry)
         self.last_revision = Gauge("etcdpy_operator_last_backup_revision", "Revision of the last backup.", labels,
                                    registry=registry)
+        self.recovery_steps = Counter(
+            "etcdpy_operator_recovery_steps", "Quorum-loss recovery steps taken, by step.", [*labels, "step"],
+            registry=registry,
+        )
         self.last_seconds = Gauge("etcdpy_operator_last_backup_duration_seconds", "Time the last snapshot took.",
                                   labels, registry=registry)
 
@@ -333,20 +337,25 @@ class BackupStep:
         return fields
 
     async def _pod_log(self, pod: str) -> str:
-        def call() -> str:
-            resp = self.kube.core.read_namespaced_pod_log(
-                pod, self.o.namespace, container="backup", tail_lines=50, _preload_content=False, _request_timeout=15
-            )
-            return str(resp.data.decode(errors="replace"))
+        return await read_pod_log(self.kube, self.o.namespace, pod, "backup")
 
-        import asyncio
 
-        from kubernetes.client.rest import ApiException
+async def read_pod_log(kube: Kube, namespace: str, pod: str, container: str, tail: int = 50) -> str:
+    """The end of a finished Pod's log (`kubectl logs`), where the run-once Pods print their result."""
+    import asyncio
 
-        try:
-            return await asyncio.to_thread(call)
-        except (ApiException, OSError) as e:
-            raise KubeError(f"read_namespaced_pod_log: {e}") from e
+    from kubernetes.client.rest import ApiException
+
+    def call() -> str:
+        resp = kube.core.read_namespaced_pod_log(
+            pod, namespace, container=container, tail_lines=tail, _preload_content=False, _request_timeout=15
+        )
+        return str(resp.data.decode(errors="replace"))
+
+    try:
+        return await asyncio.to_thread(call)
+    except (ApiException, OSError) as e:
+        raise KubeError(f"read_namespaced_pod_log: {e}") from e
 
 
 def merge_condition(conditions: list[dict[str, Any]], cond: dict[str, Any] | None) -> list[dict[str, Any]]:

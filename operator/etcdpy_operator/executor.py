@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from etcdpy_operator import builders
+from etcdpy_operator import builders, restoreexec
 from etcdpy_operator.etcd import EtcdClient
 from etcdpy_operator.kube import Kube, now_rfc3339
 from etcdpy_operator.model import Action, Kind, Observed, OpType
@@ -130,6 +130,8 @@ async def execute(action: Action, ctx: Context) -> dict[str, Any]:
         body = builders.pod(
             spec, cluster, ns, ctx.uid, action.member, initial_cluster(o, action.member), action.initial_state, token
         )
+        if action.initial_state == "new":  # spec.restore: the first member's data dir comes from the snapshot
+            body = restoreexec.with_restore(body, ctx.body, o, action.member, token)
         await ctx.kube.create(body)
         await _event(ctx, "Normal", "PodCreated", action.message)
         ctx.crash.hit("after-pod-create", ctx.log)

@@ -12,7 +12,7 @@ import datetime
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from etcdpy_operator import planner
+from etcdpy_operator import backupexec, maintenanceexec, planner, recoveryexec, restoreexec
 from etcdpy_operator import status as status_mod
 from etcdpy_operator.etcd import EtcdClient, EtcdError
 from etcdpy_operator.executor import ActionFailed, Context, CrashPoints, execute
@@ -55,7 +55,7 @@ async def reconcile_once(rt: Runtime, namespace: str, name: str, log: Any) -> Ou
     if body is None or body["metadata"].get("deletionTimestamp"):
         return Outcome(None)
     observed, tls = await observe(rt.kube, body, rt.settings)
-    action = planner.plan(observed)
+    action, rec_fields = await _gates(rt, body, observed, tls, log)
     if action.kind is Kind.CLEAR:
         # Finishing one step of a longer change (a roll, a multi-member scale): latch the next step in
         # the same write, so status never shows "no operation" while the change is still under way.
@@ -79,6 +79,7 @@ async def reconcile_once(rt: Runtime, namespace: str, name: str, log: Any) -> Ou
         if _degraded_reason(body) != action.reason:  # one Event per refusal, not one per reconcile
             await rt.kube.event(body, "Warning", action.reason, action.message)
     shown = action if not error else Action(Kind.WAIT, reason="ReconcileError", message=error)
+    fields = {**rec_fields, **fields}
     previous = dict(body.get("status") or {})
     previous.update(fields)
     new_status = status_mod.build(observed, shown, previous, now_rfc3339(), error=error)
@@ -93,10 +94,32 @@ async def reconcile_once(rt: Runtime, namespace: str, name: str, log: Any) -> Ou
     return Outcome(action, error)
 
 
+async def _gates(
+    rt: Runtime, body: dict[str, Any], observed: Any, tls: Any, log: Any
+) -> tuple[Action, dict[str, Any]]:
+    """spec.restore's gate, quorum-loss recovery, NOSPACE healing/defragmentation, then the member planner."""
+    if observed.spec.paused:
+        return planner.plan(observed), {}
+    gated = await restoreexec.gate(rt.kube, body, observed, log)
+    if gated is not None:
+        return gated, {}
+    if rt.backup_metrics is None:
+        rt.backup_metrics = backupexec.BackupMetrics(rt.metrics.registry)
+    rec = await recoveryexec.gate(rt.kube, body, observed, log, rt.crash, rt.backup_metrics)
+    if rec.action is not None and not rec.soft:
+        return rec.action, rec.fields or {}
+    client = EtcdClient(tls, rt.settings.etcd_timeout)
+    maint = await maintenanceexec.gate(rt.kube, body, observed, client, log, rt.backup_metrics)
+    if maint is not None:
+        return maint, rec.fields or {}
+    action = planner.plan(observed)
+    if rec.action is not None and not action.acts:
+        return rec.action, rec.fields or {}
+    return action, rec.fields or {}
+
+
 async def _backups(rt: Runtime, body: dict[str, Any], observed: Any, conditions: list[Any], log: Any) -> list[Any]:
     """One backup step (backupexec.py) after the member step; its failures never fail the reconcile."""
-    from etcdpy_operator import backupexec
-
     previous = [c for c in (body.get("status") or {}).get("conditions") or [] if c.get("type") == "BackupReady"]
     if observed.spec.paused:
         return backupexec.merge_condition(conditions, previous[0] if previous else None)

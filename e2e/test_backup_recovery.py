@@ -1,0 +1,75 @@
+"""Automatic quorum-loss recovery: 2 of 3 members lose their Pods and volumes while a client writes.
+
+The survivor's own view of the keyspace is read right after the loss (serializable: it cannot change without
+a quorum); after recovery every one of those keys must be there with the same value, and the cluster must be
+back to 3 members. Acknowledged writes the survivor never received are counted (measured, not asserted:
+they were committed by the lost majority). Recovery times are measured.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+import pytest
+from e2ekit import Kube, Writer, assert_converged, summary, t, wait_available, wait_until
+
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.e2e_slow]
+
+
+def _read(endpoint: str, prefix: bytes, serializable: bool) -> dict[bytes, bytes]:
+    from etcdpy.pb import rpc_pb2, rpc_pb2_grpc
+
+    end = prefix[:-1] + bytes([prefix[-1] + 1])
+    with grpc.insecure_channel(endpoint) as ch:
+        r = rpc_pb2_grpc.KVStub(ch).Range(
+            rpc_pb2.RangeRequest(key=prefix, range_end=end, serializable=serializable), timeout=30)
+    return {kv.key: kv.value for kv in r.kvs}
+
+
+def test_quorum_loss_2_of_3_automatic(operator: Kube, ns: str, timings: dict[str, dict[str, Any]]) -> None:
+    kube = operator
+    if not kube.is_double:
+        pytest.skip("reads a member directly by its Pod address")
+    spec = {"replicas": 3, "recovery": {"mode": "Automatic", "quorumLossTimeout": "10s"}}
+    kube.create_etcdcluster(ns, "q", spec)
+    wait_available(kube, ns, "q", 3)
+    writer = Writer(kube, ns, "q").start()
+    time.sleep(5)
+    pods = sorted(p.metadata.name for p in kube.member_pods(ns, "q"))
+    keep, lose = pods[-1], pods[:-1]
+    t0 = time.monotonic()
+    for name in lose:
+        kube.core.delete_namespaced_persistent_volume_claim(name, ns)
+        kube.core.delete_namespaced_pod(name, ns, grace_period_seconds=0)
+    survivor_pod = kube.core.read_namespaced_pod(keep, ns)
+    wait_until(lambda: not any(p.metadata.name in lose for p in kube.member_pods(ns, "q")), t(60), "lost Pods gone")
+    time.sleep(2)
+    seen = _read(kube.endpoint(ns, survivor_pod), b"/e2e/", serializable=True)
+    wait_until(lambda: (kube.etcdcluster(ns, "q").get("status") or {}).get("recovery", {}).get("operation")
+               or (kube.etcdcluster(ns, "q").get("status") or {}).get("recovery", {}).get("lastRecovery"),
+               t(180), "the recovery to start")
+    started = time.monotonic() - t0
+    wait_until(lambda: (kube.etcdcluster(ns, "q").get("status") or {}).get("recovery", {}).get("lastRecovery"),
+               t(300), "the recovery to finish")
+    writable = time.monotonic() - t0
+    wait_available(kube, ns, "q", 3, timeout=t(600))
+    all_back = time.monotonic() - t0
+    writer.stop()
+    ids = assert_converged(kube, ns, "q", 3)
+    assert keep in ids, summary(kube, ns, "q")
+    st = kube.etcdcluster(ns, "q")["status"]
+    assert st["recovery"]["lastRecovery"]["survivor"] == keep
+    after = _read(kube.endpoint(ns, kube.core.read_namespaced_pod(keep, ns)), b"/e2e/", serializable=False)
+    missing = {k for k in seen if after.get(k) != seen[k]}
+    assert not missing, f"{len(missing)} keys the survivor held were lost or changed: {sorted(missing)[:5]}"
+    acked_lost = [k for k in writer.acked if k.encode() not in after]
+    reasons = [e.reason for e in kube.events(ns) if e.involved_object.kind == "EtcdCluster"]
+    for r in ("QuorumLost", "QuorumRecoveryStarted", "ForceNewCluster", "QuorumRecoveryCompleted"):
+        assert r in reasons, (r, reasons)
+    timings["quorum_loss_2_of_3"] = {
+        "loss_to_recovery_start_s": round(started, 1), "loss_to_writable_s": round(writable, 1),
+        "loss_to_3_available_s": round(all_back, 1), "acked_writes": len(writer.acked),
+        "acked_writes_not_on_survivor": len(acked_lost), "survivor_keys_kept": len(seen),
+    }
