@@ -293,7 +293,10 @@ def test_examples_cover_backups(validators: dict[str, Any]) -> None:
     assert scheduled
     if "EtcdBackup" in validators:
         names = {d["metadata"]["name"] for d in scheduled}
-        assert any(d["kind"] == "EtcdBackup" and d["spec"]["clusterName"] in names for d in docs)
+        backups = {d["metadata"]["name"] for d in docs if d["kind"] == "EtcdBackup" and d["spec"]["clusterName"] in names}
+        assert backups
+        restores = [d for d in docs if d["kind"] == "EtcdCluster" and "restore" in d["spec"]]
+        assert restores and all(d["spec"]["restore"].get("backup") in backups for d in restores)
 
 
 @pytest.mark.parametrize(("change", "where"), [
