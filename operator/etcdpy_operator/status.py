@@ -45,7 +45,9 @@ def members_status(o: Observed) -> list[dict[str, Any]]:
             if m.client_urls:
                 entry["clientURL"] = m.client_urls[0]
         if h.reachable:
-            entry.update(dbSize=h.db_size, raftIndex=h.raft_index, version=h.version)
+            entry.update(dbSize=h.db_size, raftIndex=h.raft_index)
+        if pod is not None and pod.version:
+            entry["version"] = pod.version  # the etcdpy release it runs (Status only knows the etcd API version)
         message = (pod.message if pod and pod.crash_looping else "") or ("" if h.reachable else h.error)
         if message:
             entry["message"] = message[:300]
