@@ -50,7 +50,7 @@ def test_nospace_is_healed(operator: Kube, ns: str, timings: dict[str, dict[str,
     order = [e.message for e in sorted(events, key=lambda e: e.metadata.creation_timestamp or 0)
              if e.reason in ("Defragmented", "LeaderMoved")]
     reasons = {e.reason for e in events}
-    for r in ("NoSpaceHealing", "Compacted", "Defragmented", "NoSpaceDisarmed", "MaintenanceCompleted"):
+    for r in ("NoSpaceHealing", "Compacted", "Defragmented", "LeaderMoved", "NoSpaceDisarmed", "MaintenanceCompleted"):
         assert r in reasons, (r, sorted(reasons), summary(kube, ns, "n"))
     done = kube.etcdcluster(ns, "n")["status"]["maintenance"]["lastNoSpaceHealing"]["done"]
     assert len(done) == 3, done

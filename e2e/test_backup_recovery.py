@@ -28,7 +28,10 @@ def _read(endpoint: str, prefix: bytes, serializable: bool) -> dict[bytes, bytes
     return {kv.key: kv.value for kv in r.kvs}
 
 
-def test_quorum_loss_2_of_3_automatic(operator: Kube, ns: str, timings: dict[str, dict[str, Any]]) -> None:
+@pytest.mark.parametrize("crash_at", ["", "after-recovery-latch", "after-force-new-cluster-pod"])
+def test_quorum_loss_2_of_3_automatic(crash_at: str, operator: Kube, ns: str,
+                                      timings: dict[str, dict[str, Any]]) -> None:
+    """With `crash_at`, the operator dies at that recovery step and a fresh one must finish the recovery."""
     kube = operator
     if not kube.is_double:
         pytest.skip("reads a member directly by its Pod address")
@@ -37,6 +40,8 @@ def test_quorum_loss_2_of_3_automatic(operator: Kube, ns: str, timings: dict[str
     wait_available(kube, ns, "q", 3)
     writer = Writer(kube, ns, "q").start()
     time.sleep(5)
+    if crash_at:
+        kube.start_operator(ns, {"ETCDPY_OPERATOR_CRASH_AT": crash_at})
     pods = sorted(p.metadata.name for p in kube.member_pods(ns, "q"))
     keep, lose = pods[-1], pods[:-1]
     t0 = time.monotonic()
@@ -47,6 +52,10 @@ def test_quorum_loss_2_of_3_automatic(operator: Kube, ns: str, timings: dict[str
     wait_until(lambda: not any(p.metadata.name in lose for p in kube.member_pods(ns, "q")), t(60), "lost Pods gone")
     time.sleep(2)
     seen = _read(kube.endpoint(ns, survivor_pod), b"/e2e/", serializable=True)
+    if crash_at:
+        code = wait_until(kube.operator_exited, t(300), f"the operator to crash at {crash_at}")
+        assert code == 86, f"the operator exited with {code}, not at {crash_at}"
+        kube.start_operator(ns)
     wait_until(lambda: (kube.etcdcluster(ns, "q").get("status") or {}).get("recovery", {}).get("operation")
                or (kube.etcdcluster(ns, "q").get("status") or {}).get("recovery", {}).get("lastRecovery"),
                t(180), "the recovery to start")
@@ -68,7 +77,7 @@ def test_quorum_loss_2_of_3_automatic(operator: Kube, ns: str, timings: dict[str
     reasons = [e.reason for e in kube.events(ns) if e.involved_object.kind == "EtcdCluster"]
     for r in ("QuorumLost", "QuorumRecoveryStarted", "ForceNewCluster", "QuorumRecoveryCompleted"):
         assert r in reasons, (r, reasons)
-    timings["quorum_loss_2_of_3"] = {
+    timings["quorum_loss_2_of_3" + (f"_crash_{crash_at}" if crash_at else "")] = {
         "loss_to_recovery_start_s": round(started, 1), "loss_to_writable_s": round(writable, 1),
         "loss_to_3_available_s": round(all_back, 1), "acked_writes": len(writer.acked),
         "acked_writes_not_on_survivor": len(acked_lost), "survivor_keys_kept": len(seen),
