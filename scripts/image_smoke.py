@@ -273,7 +273,7 @@ def check_operator_runs(image: str, workdir: Path) -> None:
         log(f"SIGTERM to the operator: exit 0 after {time.monotonic() - t0:.2f}s")
     finally:
         if os.environ.get("ETCDPY_SMOKE_KEEP") != "1":
-            podman("rm", "-f", "--time", "0", name, check=False)
+            podman("rm", "-f", "-v", "--time", "0", name, check=False)
         double.stop()
 
 
@@ -373,7 +373,7 @@ class Container:
 
     def remove(self) -> None:
         """Remove the container (force), ignoring that it may not exist."""
-        podman("rm", "-f", "--time", "0", self.name, check=False)
+        podman("rm", "-f", "-v", "--time", "0", self.name, check=False)
 
 
 def check_backup_agent(image: str, endpoint: str) -> None:
