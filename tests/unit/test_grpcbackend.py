@@ -1,0 +1,59 @@
+"""Backend choice and one-time handler wrapping (etcdpy.api.grpcbackend), without servers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+
+from etcdpy.api.grpcbackend import BackendError, ServiceRegistry, resolve_backend
+
+
+class _FakeServer:
+    def __init__(self) -> None:
+        self.generic: list[Any] = []
+        self.registered: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self.generic.extend(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.registered[service] = handlers
+
+
+async def _echo(request: Any, context: Any) -> Any:
+    return request
+
+
+def test_flag_beats_environment_beats_default() -> None:
+    assert resolve_backend("grpcio", {"ETCDPY_GRPC_SERVER": "native"}) == "grpcio"
+    assert resolve_backend(None, {"ETCDPY_GRPC_SERVER": "Native"}) == "native"
+    assert resolve_backend(None, {}) == "grpcio"
+    with pytest.raises(BackendError, match="must be one of grpcio, native"):
+        resolve_backend(None, {"ETCDPY_GRPC_SERVER": "fast"})
+
+
+def test_registered_methods_are_wrapped_once_and_added_in_both_forms() -> None:
+    wrapped: list[str] = []
+
+    def wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        wrapped.append(method)
+        return handler._replace(unary_unary=_echo)
+
+    registry = ServiceRegistry(wrap)
+    handlers = {"Put": grpc.unary_unary_rpc_method_handler(lambda r, c: r)}
+    # as generated code does: the generic form first, then the registered one
+    registry.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("pkg.KV", handlers),))
+    registry.add_registered_method_handlers("pkg.KV", handlers)
+    other = grpc.method_handlers_generic_handler("pkg.Other", handlers)
+    registry.add_generic_rpc_handlers((other,))
+    assert registry.methods == ["/pkg.KV/Put"]
+    a, b = _FakeServer(), _FakeServer()
+    registry.add_to(a)
+    registry.add_to(b)
+    assert wrapped == ["/pkg.KV/Put"]  # once, however many servers
+    assert a.registered["pkg.KV"]["Put"].unary_unary is _echo
+    assert b.registered["pkg.KV"]["Put"] is a.registered["pkg.KV"]["Put"]
+    # the wrapped service replaces its own generic handler; an unregistered one passes unchanged
+    assert other in a.generic and len(a.generic) == 2
