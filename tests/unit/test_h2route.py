@@ -8,6 +8,7 @@ from etcdpy.api.h2route import (
     FLAG_PADDED,
     FLAG_PRIORITY,
     authority_is_plain,
+    choose_upstream,
     first_authority,
     header_block_fragment,
 )
@@ -36,3 +37,14 @@ def test_header_block_fragment_strips_padding_and_priority() -> None:
     padded = bytes([3]) + bytes(5) + block + b"\0\0\0"
     assert header_block_fragment(FLAG_PADDED | FLAG_PRIORITY, padded) == block
     assert header_block_fragment(0, block) == block
+
+
+def test_streams_first_and_odd_authorities_go_to_grpcio() -> None:
+    def block(path: str, authority: str = "127.0.0.1:2379") -> bytes:
+        return hpack.Encoder().encode([(":method", "POST"), (":path", path), (":authority", authority)])
+
+    assert choose_upstream(block("/etcdserverpb.KV/Put"), "n", "g") == "n"
+    assert choose_upstream(block("/etcdserverpb.Watch/Watch"), "n", "g") == "g"
+    assert choose_upstream(block("/etcdserverpb.Lease/LeaseKeepAlive"), "n", "g") == "g"
+    assert choose_upstream(block("/etcdserverpb.KV/Put", "http://127.0.0.1:2379"), "n", "g") == "g"
+    assert choose_upstream(b"\xff\xff", "n", "g") == "n"

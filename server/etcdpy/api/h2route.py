@@ -1,4 +1,4 @@
-"""Picks the gRPC server for a plain HTTP/2 connection by its first request's ``:authority``.
+"""Picks the gRPC server for a plain HTTP/2 connection by its first request's ``:authority`` and ``:path``.
 
 Why: pygrpc-native's HTTP/2 layer (Rust's h2) refuses, with RST_STREAM PROTOCOL_ERROR,
 a request whose ``:authority`` is not a valid URI authority. Some etcd clients send one:
@@ -39,18 +39,38 @@ def authority_is_plain(authority: str) -> bool:
     return bool(authority) and not any(c in authority for c in "/?#@ ")
 
 
-def first_authority(block: bytes) -> str | None:
-    """The ``:authority`` of a connection's first header block, or None if it has none or is not HPACK."""
+def first_request(block: bytes) -> tuple[str | None, str]:
+    """``(:authority, :path)`` of a connection's first header block; (None, "") if it is not HPACK."""
     import hpack
 
     try:
         headers = hpack.Decoder().decode(block, raw=True)
     except Exception:  # noqa: BLE001 - hpack raises several kinds; any means "cannot tell"
-        return None
-    for name, value in headers:
-        if name == b":authority":
-            return bytes(value).decode("latin-1")
-    return None
+        return None, ""
+    found = {bytes(name): bytes(value).decode("latin-1") for name, value in headers if name in (b":authority", b":path")}
+    return found.get(b":authority"), found.get(b":path", "")
+
+
+def first_authority(block: bytes) -> str | None:
+    """The ``:authority`` of a connection's first header block, or None if it has none or is not HPACK."""
+    return first_request(block)[0]
+
+
+STREAM_FIRST_PATHS = ("/etcdserverpb.Watch/Watch", "/etcdserverpb.Lease/LeaseKeepAlive")
+"""Bidirectional methods: pygrpc-native relays them to a grpcio server behind itself (a second
+hop). A connection that starts with one is most likely a watch or keep-alive connection, so
+it goes to the grpcio server directly; any later call on it is served there too (correct,
+only without the native speed-up)."""
+
+
+def choose_upstream(block: bytes, native_path: str, grpcio_path: str) -> str:
+    """The upstream for a connection whose first request carries header block `block`."""
+    authority, path = first_request(block)
+    if authority is not None and not authority_is_plain(authority):
+        return grpcio_path
+    if path in STREAM_FIRST_PATHS:
+        return grpcio_path
+    return native_path
 
 
 def header_block_fragment(flags: int, payload: bytes) -> bytes:
@@ -135,8 +155,7 @@ class H2Router(asyncio.Protocol):
             else:
                 continue
             if flags & FLAG_END_HEADERS:
-                authority = first_authority(self.block)
-                path = self.native_path if authority is None or authority_is_plain(authority) else self.grpcio_path
+                path = choose_upstream(self.block, self.native_path, self.grpcio_path)
         return path
 
     def _filter(self, data: bytes) -> None:
