@@ -48,7 +48,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
+# gRPC's C core must not act on fork in this process: the harness forks (subprocess with a
+# preexec_fn) while client channels are live, and a poller restarted in the child between
+# fork and exec dies with "epoll_wait error: Bad file descriptor" when the child closes its
+# fds, aborting the member before it runs (seen once in ~350 starts under load). Members
+# themselves get the variable only if the user set it.
+_FORK_SUPPORT_IS_OURS = "GRPC_ENABLE_FORK_SUPPORT" not in os.environ
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import grpc  # noqa: E402 - after the fork-support setting it must see
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVER_SRC = REPO_ROOT / "server"
@@ -617,6 +625,8 @@ class Member:
     def env(self) -> dict[str, str]:
         """Child environment without ETCD_*/ETCDCTL_* (both servers read ETCD_* as flags)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ETCD_", "ETCDCTL_"))}
+        if _FORK_SUPPORT_IS_OURS:
+            env.pop("GRPC_ENABLE_FORK_SUPPORT", None)
         if self.target == "etcdpy":
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SERVER_SRC), env.get("PYTHONPATH", "")]))
             env.setdefault("PYTHONUNBUFFERED", "1")
