@@ -26,6 +26,7 @@ def _cfg(tmp_path: Path, **kw: object) -> ServerConfig:
         data_dir=str(tmp_path / "solo.etcd"),
         initial_cluster={"solo": ["http://127.0.0.1:1"]},
         initial_advertise_peer_urls=["http://127.0.0.1:1"],
+        listen_peer_urls=["http://127.0.0.1:0"],  # any free port: 2380 may be another member's
         initial_cluster_token="unit",
         **kw,  # type: ignore[arg-type]
     )
