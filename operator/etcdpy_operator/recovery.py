@@ -62,6 +62,28 @@ def quorum_lost(o: Observed) -> tuple[bool, str]:
     return True, f"{len(lost)} of {len(voters)} voters lost ({', '.join(lost)}); answering: {', '.join(answering) or 'none'}"
 
 
+def total_loss(o: Observed) -> str:
+    """Why no member's data can survive ('' when some might): no member answers and no volume is left."""
+    if o.members is not None or not o.cluster_id:
+        return ""
+    if o.spec.ephemeral:
+        return "every ephemeral member is gone with its data" if not o.pods else ""
+    if o.pvcs:
+        return ""
+    return "no member answers and every member volume is gone"
+
+
+def _total_loss_advice(r: RecoveryObserved, why: str) -> str:
+    """The one thing to do after a total loss: a new cluster restored from the newest verified backup."""
+    b = r.last_backup or {}
+    if not b.get("name"):
+        return f"{why}; there is no verified backup of this cluster to restore from"
+    return (
+        f"{why}; restore the newest verified backup into a new EtcdCluster with spec.restore: "
+        f"{{claimName: {b.get('claim')}, fileName: {b.get('name')}}} (revision {b.get('revision')}, taken {b.get('time')})"
+    )
+
+
 def survivor(o: Observed) -> str:
     """The answering voter with the highest raft index (ties: the lowest name): it holds the most of the log."""
     cands = [m.key for m in o.voters() if o.health_of(m.key).reachable]
@@ -100,6 +122,7 @@ class RecoveryObserved:
     status: dict[str, Any]  # status.recovery
     pods: dict[str, RecoveryPodObs]
     now: dt.datetime
+    last_backup: dict[str, Any] | None = None  # status.backup.lastSuccessfulBackup
 
 
 @dataclass(frozen=True)
@@ -108,6 +131,7 @@ class RecoveryAction:
     member: str = ""
     message: str = ""
     operation: dict[str, Any] | None = None
+    reason: str = ""
 
 
 def plan_recovery(r: RecoveryObserved) -> RecoveryAction:
@@ -115,6 +139,9 @@ def plan_recovery(r: RecoveryObserved) -> RecoveryAction:
     op = r.status.get("operation")
     if op:
         return _continue(r, op)
+    total = total_loss(r.o)
+    if total:
+        return RecoveryAction(RKind.REPORT, message=_total_loss_advice(r, total), reason="ClusterLost")
     lost, why = quorum_lost(r.o)
     since = r.status.get("quorumLostSince")
     if not lost:

@@ -63,7 +63,8 @@ async def gate(kube: Kube, body: dict[str, Any], o: Observed, log: Any, crash: A
     spec = RecoverySpec.from_body(body.get("spec") or {})
     status = dict((body.get("status") or {}).get("recovery") or {})
     raw = await kube.list_pods(o.namespace, o.cluster)
-    r = RecoveryObserved(o, spec, status, _pods(raw), dt.datetime.now(dt.UTC))
+    last_backup = ((body.get("status") or {}).get("backup") or {}).get("lastSuccessfulBackup")
+    r = RecoveryObserved(o, spec, status, _pods(raw), dt.datetime.now(dt.UTC), last_backup)
     a = plan_recovery(r)
     if a.kind is RKind.PASS:
         return GateResult()
@@ -94,7 +95,8 @@ async def _execute(
         await kube.event(body, "Normal", "QuorumRestored", "a quorum of voters answers again")
         return GateResult()
     if k is RKind.REPORT:
-        return GateResult(Action(Kind.BLOCKED, member=a.member, reason="QuorumLost", message=a.message), soft=True)
+        reason = a.reason or "QuorumLost"
+        return GateResult(Action(Kind.BLOCKED, member=a.member, reason=reason, message=a.message), soft=True)
     if k is RKind.WAIT and not status.get("operation"):
         return GateResult(Action(Kind.WAIT, reason="QuorumLost", message=a.message), soft=True)
     if k is RKind.LATCH:

@@ -99,3 +99,14 @@ def test_latch_records_the_survivor_once() -> None:
     # once latched, a different member answering better does not change the survivor
     b = plan_recovery(rec(observed({"c-0": 99}, pods=("c-0", "c-1")), OP))
     assert (b.kind, b.member) == (RKind.DELETE_POD, "c-0")
+
+
+def test_total_loss_names_the_newest_backup() -> None:
+    gone = observed({}, members=None, pods=(), pvcs=())
+    r = RecoveryObserved(gone, RecoverySpec(), {}, {}, NOW,
+                         {"name": "c-20261203T095000Z-r77.db", "claim": "c-backups", "revision": 77, "time": "t"})
+    a = plan_recovery(r)
+    assert a.kind is RKind.REPORT and "fileName: c-20261203T095000Z-r77.db" in a.message
+    assert "no verified backup" in plan_recovery(rec(gone, pods={})).message
+    # a volume left: not a total loss (its Pod may come back)
+    assert plan_recovery(rec(observed({}, members=None, pods=(), pvcs=("c-1",)), pods={})).kind is RKind.PASS
