@@ -85,7 +85,7 @@ async def reconcile_once(rt: Runtime, namespace: str, name: str, log: Any) -> Ou
     new_status = status_mod.build(observed, shown, previous, now_rfc3339(), error=error)
     if error and action.kind is Kind.LATCH:
         new_status["operation"] = previous.get("operation")
-    for key in ("operation", "clusterToken"):
+    for key in ("operation", "clusterToken", "clusterID"):  # clusterID: reset by a total-loss restore
         if key in fields:
             new_status[key] = fields[key]
     new_status["conditions"] = await _backups(rt, body, observed, new_status.get("conditions") or [], log)

@@ -104,6 +104,7 @@ class RKind(enum.StrEnum):
     LATCH_RESTART = "LatchRestart"
     CREATE_POD = "CreatePod"
     CLEAR = "ClearRecovery"
+    RESET = "ResetForRestore"  # total loss: forget the cluster id, let the restore gate and bootstrap run
     WAIT = "Wait"
 
 
@@ -140,18 +141,27 @@ def plan_recovery(r: RecoveryObserved) -> RecoveryAction:
     if op:
         return _continue(r, op)
     total = total_loss(r.o)
-    if total:
-        return RecoveryAction(RKind.REPORT, message=_total_loss_advice(r, total), reason="ClusterLost")
-    lost, why = quorum_lost(r.o)
+    lost, why = (True, total) if total else quorum_lost(r.o)
     since = r.status.get("quorumLostSince")
     if not lost:
         return RecoveryAction(RKind.CLEAR_MARK) if since else RecoveryAction(RKind.PASS)
     if not since:
         return RecoveryAction(RKind.MARK_LOST, message=f"quorum lost: {why}")
     started = parse_time(since) or r.now
-    best = survivor(r.o)
     if r.now - started < r.spec.timeout_delta():
         return RecoveryAction(RKind.WAIT, message=f"quorum lost since {since} ({why}); acting after {r.spec.timeout}")
+    if total:
+        b = r.last_backup or {}
+        if r.spec.mode != "Automatic" or not b.get("name"):
+            return RecoveryAction(RKind.REPORT, message=_total_loss_advice(r, total), reason="ClusterLost")
+        return RecoveryAction(
+            RKind.LATCH,
+            operation={"type": "Restore", "step": "Restore", "claim": b.get("claim"), "fileName": b.get("name"),
+                       "revision": b.get("revision"), "startedAt": fmt_time(r.now)},
+            message=f"{total}: re-creating the cluster from the newest verified backup {b.get('name')} "
+            f"(revision {b.get('revision')}); writes after that revision are lost",
+        )
+    best = survivor(r.o)
     if r.spec.mode != "Automatic":
         return RecoveryAction(
             RKind.REPORT,
@@ -172,6 +182,12 @@ def plan_recovery(r: RecoveryObserved) -> RecoveryAction:
 
 def _continue(r: RecoveryObserved, op: dict[str, Any]) -> RecoveryAction:
     o = r.o
+    if op.get("type") == "Restore":
+        for name in sorted(set(o.pods) | set(r.pods)):
+            if not (r.pods.get(name) or RecoveryPodObs(name)).deleting:
+                return RecoveryAction(RKind.DELETE_POD, member=name, message=f"deleting {name} of the lost cluster")
+        return RecoveryAction(RKind.RESET, operation=op,
+                              message=f"starting a new incarnation from backup {op.get('fileName')}")
     s = str(op.get("survivor", ""))
     for name in sorted(set(o.pods) | set(r.pods)):
         if name != s and not (r.pods.get(name) or RecoveryPodObs(name)).deleting:

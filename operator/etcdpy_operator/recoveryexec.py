@@ -7,6 +7,7 @@ recovery that supersedes the member operation in flight must also make that writ
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +125,19 @@ async def _execute(
     elif k is RKind.CREATE_POD:
         await kube.create(force_pod(o, uid, a.member, token, force=False))
         await kube.event(body, "Normal", "PodCreated", a.message)
+    elif k is RKind.RESET:
+        op = a.operation or {}
+        restore = {"source": "Recovery", "claim": op.get("claim"), "fileName": op.get("fileName"),
+                   "phase": None, "message": a.message}
+        # a fresh token: new member ids and a new cluster id, even though member names restart from the lowest
+        token = f"{o.cluster}-{uid[:8]}-{secrets.token_hex(4)}"
+        await kube.patch_status(ns, o.cluster, {
+            "clusterID": "", "clusterToken": token, "operation": None, "restore": restore,
+            "recovery": {"operation": None, "quorumLostSince": None,
+                         "lastRecovery": {**op, "completedAt": now_rfc3339()}},
+        })
+        await kube.event(body, "Warning", "ClusterRestoreFromBackup", a.message)
+        return GateResult(wait, fields={"operation": None, "clusterID": "", "clusterToken": token})
     elif k is RKind.CLEAR:
         op = status.get("operation") or {}
         last = {**op, "completedAt": now_rfc3339()}

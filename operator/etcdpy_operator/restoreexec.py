@@ -28,6 +28,13 @@ from etcdpy_operator.restore import (
 )
 
 
+def _from_recovery(status: dict[str, Any]) -> RestoreSpec | None:
+    """A total-loss recovery asks for a restore of the newest backup through status.restore (source Recovery)."""
+    if status.get("source") != "Recovery" or not status.get("claim") or not status.get("fileName"):
+        return None
+    return RestoreSpec(claim_name=str(status["claim"]), file_name=str(status["fileName"]))
+
+
 def check_pod_name(cluster: str) -> str:
     return f"{cluster}-restore-check"
 
@@ -76,11 +83,11 @@ def verdict(log_text: str, phase: str, source: Source) -> dict[str, Any]:
 
 async def gate(kube: Kube, body: dict[str, Any], o: Observed, log: Any) -> Action | None:
     """Run the restore gate; None lets the member planner act, else the Action to report (WAIT/BLOCKED)."""
-    spec = RestoreSpec.from_body(body.get("spec") or {})
+    status = dict((body.get("status") or {}).get("restore") or {})
+    spec = RestoreSpec.from_body(body.get("spec") or {}) or _from_recovery(status)
     if spec is None:
         return None
     ns = o.namespace
-    status = dict((body.get("status") or {}).get("restore") or {})
     backup_obj = None
     if spec.backup:
         backup_obj = await kube._run(kube.custom.get_namespaced_custom_object, GROUP, VERSION, ns, BACKUP_PLURAL,
@@ -134,7 +141,8 @@ def with_restore(pod: dict[str, Any], cluster_body: dict[str, Any], o: Observed,
 ]:
     """The bootstrap member's Pod of a restored cluster, with the init container that builds its data dir."""
     st = (cluster_body.get("status") or {}).get("restore") or {}
-    if not (cluster_body.get("spec") or {}).get("restore") or st.get("phase") != "Verified":
+    wanted = (cluster_body.get("spec") or {}).get("restore") or st.get("source") == "Recovery"
+    if not wanted or st.get("phase") != "Verified":
         return pod
     source = Source(str(st["claim"]), str(st["fileName"]))
     peer = builders.peer_url(o.spec, o.cluster, o.namespace, member)

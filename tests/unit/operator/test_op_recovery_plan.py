@@ -101,12 +101,26 @@ def test_latch_records_the_survivor_once() -> None:
     assert (b.kind, b.member) == (RKind.DELETE_POD, "c-0")
 
 
-def test_total_loss_names_the_newest_backup() -> None:
-    gone = observed({}, members=None, pods=(), pvcs=())
-    r = RecoveryObserved(gone, RecoverySpec(), {}, {}, NOW,
-                         {"name": "c-20261203T095000Z-r77.db", "claim": "c-backups", "revision": 77, "time": "t"})
-    a = plan_recovery(r)
-    assert a.kind is RKind.REPORT and "fileName: c-20261203T095000Z-r77.db" in a.message
-    assert "no verified backup" in plan_recovery(rec(gone, pods={})).message
+BACKUP = {"name": "c-20261203T095000Z-r77.db", "claim": "c-backups", "revision": 77, "time": "t"}
+GONE = observed({}, members=None, pods=(), pvcs=())
+
+
+def test_total_loss_manual_names_the_newest_backup() -> None:
+    assert plan_recovery(RecoveryObserved(GONE, RecoverySpec(), {}, {}, NOW, BACKUP)).kind is RKind.MARK_LOST
+    a = plan_recovery(RecoveryObserved(GONE, RecoverySpec(mode="Manual"), SINCE, {}, NOW, BACKUP))
+    assert a.kind is RKind.REPORT and a.reason == "ClusterLost" and "fileName: c-20261203T095000Z-r77.db" in a.message
+    b = plan_recovery(RecoveryObserved(GONE, RecoverySpec(mode="Automatic"), SINCE, {}, NOW, None))
+    assert b.kind is RKind.REPORT and "no verified backup" in b.message
     # a volume left: not a total loss (its Pod may come back)
     assert plan_recovery(rec(observed({}, members=None, pods=(), pvcs=("c-1",)), pods={})).kind is RKind.PASS
+
+
+def test_total_loss_automatic_restores_the_newest_backup() -> None:
+    a = plan_recovery(RecoveryObserved(GONE, RecoverySpec(mode="Automatic"), SINCE, {}, NOW, BACKUP))
+    assert a.kind is RKind.LATCH and a.operation is not None
+    assert a.operation["type"] == "Restore" and a.operation["fileName"] == BACKUP["name"]
+    st = {"operation": a.operation}
+    left = observed({}, members=None, pods=("c-0",), pvcs=())
+    assert plan_recovery(RecoveryObserved(left, RecoverySpec(mode="Automatic"), st, {"c-0": RecoveryPodObs("c-0")},
+                                          NOW, BACKUP)).kind is RKind.DELETE_POD
+    assert plan_recovery(RecoveryObserved(GONE, RecoverySpec(mode="Automatic"), st, {}, NOW, BACKUP)).kind is RKind.RESET
