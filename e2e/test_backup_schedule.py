@@ -131,3 +131,34 @@ def test_failing_backup_is_reported_and_retried(operator: Kube, ns: str, timings
     cond = kube.condition(ns, "f", "BackupReady")
     assert cond and cond["status"] == "True", cond
     timings["backup_failure"] = {"failure_to_success_s": round(time.monotonic() - t0, 1)}
+
+
+@pytest.mark.e2e_slow
+@pytest.mark.parametrize("point", ["after-backup-latch", "after-backup-pod-create"])
+def test_operator_killed_mid_backup(point: str, operator: Kube, ns: str) -> None:
+    """Killed right after latching a backup or creating its Pod, a fresh operator finishes that same backup:
+    one Pod for the slot, never two backup Pods at once, the backup verified."""
+    kube = operator
+    if not kube.is_double:
+        pytest.skip("crash points need the operator process under the suite's control")
+    kube.create_etcdcluster(ns, "k", {"replicas": 1, "backup": {"schedule": "@every 20s"}})
+    wait_available(kube, ns, "k", 1)
+    kube.start_operator(ns, {"ETCDPY_OPERATOR_CRASH_AT": point})
+    code = wait_until(kube.operator_exited, t(180), f"the operator to crash at {point}")
+    assert code == 86, f"the operator exited with {code}, not at {point}"
+    latched = _backup_status(kube, ns, "k").get("inFlight") or {}
+    assert latched.get("pod"), latched
+    kube.start_operator(ns)
+    seen_pods: set[str] = set()
+
+    def finished() -> bool:
+        pods = kube.core.list_namespaced_pod(ns, label_selector=f"{GROUP}/backup-of=k").items
+        live = [p for p in pods if p.status.phase in ("Pending", "Running")]
+        assert len(live) <= 1, [p.metadata.name for p in live]
+        seen_pods.update(p.metadata.name for p in pods)
+        last = _backup_status(kube, ns, "k").get("lastSuccessfulBackup") or {}
+        return bool(last.get("name"))
+
+    wait_until(finished, t(180), "the latched backup to finish")
+    assert latched["pod"] in seen_pods or not seen_pods, (latched, seen_pods)
+    assert not _backup_status(kube, ns, "k").get("consecutiveFailures")

@@ -217,8 +217,14 @@ def parse_result(log_text: str) -> dict[str, Any]:
 class BackupStep:
     """Run one backup step for one cluster (built per reconcile)."""
 
-    def __init__(self, kube: Kube, body: dict[str, Any], o: Observed, metrics: BackupMetrics, log: Any) -> None:
-        self.kube, self.body, self.o, self.metrics, self.log = kube, body, o, metrics, log
+    def __init__(
+        self, kube: Kube, body: dict[str, Any], o: Observed, metrics: BackupMetrics, log: Any, crash: Any = None
+    ) -> None:
+        self.kube, self.body, self.o, self.metrics, self.log, self.crash = kube, body, o, metrics, log, crash
+
+    def _hit(self, point: str) -> None:
+        if self.crash is not None:
+            self.crash.hit(point, self.log)
 
     async def run(self, now: dt.datetime) -> dict[str, Any] | None:
         """Observe, plan, execute; returns the BackupReady condition to show (None: backups not configured)."""
@@ -275,10 +281,12 @@ class BackupStep:
                 await self._patch_request(f.request, {"phase": "Running", "startedAt": f.started_at,
                                                       "message": a.message})
             await self.kube.event(self.body, "Normal", "BackupStarted", a.message)
+            self._hit("after-backup-latch")
             return fields
         if a.kind is BKind.CREATE_POD:
             assert f is not None and spec is not None
             await self.kube.create(backup_pod(self.o, spec, str(self.body["metadata"].get("uid", "")), f, a.member))
+            self._hit("after-backup-pod-create")
             fields = {"inFlight": {**f.to_status(), "member": a.member}}  # after the Pod: no Pod + member = lost
             await self._patch(fields)
             return fields

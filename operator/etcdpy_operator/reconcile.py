@@ -126,7 +126,7 @@ async def _backups(rt: Runtime, body: dict[str, Any], observed: Any, conditions:
     if rt.backup_metrics is None:
         rt.backup_metrics = backupexec.BackupMetrics(rt.metrics.registry)
     try:
-        step = backupexec.BackupStep(rt.kube, body, observed, rt.backup_metrics, log)
+        step = backupexec.BackupStep(rt.kube, body, observed, rt.backup_metrics, log, rt.crash)
         cond = await step.run(datetime.datetime.now(datetime.UTC))
     except KubeError as e:
         log.warning("backup step failed: %s", e)
