@@ -8,7 +8,8 @@ import time
 import urllib.request
 from typing import Any
 
-from e2ekit import Kube, Writer, summary, t, wait_available, wait_until
+import pytest
+from e2ekit import Kube, Writer, assert_converged, summary, t, wait_available, wait_until
 
 
 def _owned_by(obj: Any, cluster: str) -> bool:
@@ -62,4 +63,36 @@ def test_objects_pause_events_metrics(operator: Kube, ns: str) -> None:
         assert f"etcdpy_operator_has_leader{{{labels}}} 1.0" in text
         assert "etcdpy_operator_reconciles_total{" in text
         assert "etcdpy_operator_last_successful_reconcile_timestamp_seconds{" in text
+    assert writer.verify() > 0
+
+
+@pytest.mark.e2e_slow
+def test_wiped_volume_never_comes_back_empty(operator: Kube, ns: str) -> None:
+    """A member's disk replaced by an empty one (and the process restarted) must not rejoin as an empty copy
+    of itself or start a second cluster: it is replaced (or refilled from the leader), same cluster id, all
+    writes kept."""
+    kube = operator
+    kube.create_etcdcluster(ns, "w", {"replicas": 3})
+    writer = Writer(kube, ns, "w").start()
+    wait_available(kube, ns, "w", 3)
+    ids = assert_converged(kube, ns, "w", 3)
+    cluster_id = kube.etcdcluster(ns, "w")["status"]["clusterID"]
+    victim = sorted(ids)[1]
+    kube.wipe_volume(ns, victim)
+    kube.kill_pod_process(ns, victim)
+
+    def recovered() -> bool:
+        st = kube.etcdcluster(ns, "w")["status"]
+        names = {m["name"] for m in st.get("members") or []}
+        restarted = victim not in names or any(
+            (p.status.container_statuses or [None])[0].restart_count >= 1
+            for p in kube.member_pods(ns, "w") if p.metadata.name == victim
+        )
+        return restarted and kube.available(ns, "w", 3)
+
+    wait_until(recovered, t(400), f"{victim} (wiped) replaced or refilled ({summary(kube, ns, 'w')})")
+    after = assert_converged(kube, ns, "w", 3)
+    assert kube.etcdcluster(ns, "w")["status"]["clusterID"] == cluster_id
+    survivors = {n: i for n, i in ids.items() if n != victim}
+    assert {n: after.get(n) for n in survivors} == survivors  # the other members were never touched
     assert writer.verify() > 0

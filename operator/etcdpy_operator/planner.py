@@ -342,7 +342,23 @@ def member_lost(o: Observed, m: EtcdMember) -> str:
             return "its volume is gone"
         if pvc.deleting:
             return "its volume is being deleted"
-    if pod is not None and pod.crash_looping and not o.health_of(m.key).reachable:
+    health = o.health_of(m.key)
+    leader = _leader_health(o)
+    if (
+        pod is not None
+        and not pod.ready
+        and not m.is_learner
+        and health.reachable
+        and health.raft_applied_index == 0
+        and health.raft_index == 0
+        and leader.raft_index > 0
+        and o.leader is not None
+        and o.leader.key != m.key
+    ):
+        # A started member restarted with its data has a committed index from its WAL at once; none at
+        # all (committed and applied 0) means its data directory was emptied under it.
+        return "it restarted with an empty data directory (applied index 0)"
+    if pod is not None and pod.crash_looping and not health.reachable:
         same_spec_ok = any(
             p.spec_hash == pod.spec_hash and o.is_healthy(name) for name, p in o.pods.items() if name != m.key
         )

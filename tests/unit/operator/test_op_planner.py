@@ -217,6 +217,11 @@ CASES: list[tuple[str, Observed, Kind, str, dict[str, Any]]] = [
     ("all-pods-lost-etcd-silent", world(pods="", etcd=False), Kind.CREATE_POD, "c-0", {}),
     ("volume-lost-replaced", world(pvcs="c-0 c-1"), Kind.LATCH, "c-3",
      {"op": OpType.REPLACE, "replaces": "c-2"}),
+    ("empty-data-dir-member-replaced", replace(world(pod={"c-1": {"ready": False}}),
+                                               health={**world().health, "c-1": MemberHealth(
+                                                   reachable=True, member_id=mid("c-1"), leader_id=mid("c-0"))}),
+     Kind.LATCH, "c-3", {"op": OpType.REPLACE, "replaces": "c-1"}),
+    ("restarting-member-with-data-not-replaced", world(pod={"c-1": {"ready": False}}), Kind.NOOP, "", {}),
     ("crash-looping-member-replaced", world(pod={"c-1": CRASHLOOP}, unhealthy="c-1"), Kind.LATCH, "c-3",
      {"op": OpType.REPLACE, "replaces": "c-1"}),
     ("all-crash-looping-not-replaced", world(pod={n: CRASHLOOP for n in ("c-0", "c-1", "c-2")},
