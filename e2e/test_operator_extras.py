@@ -22,6 +22,7 @@ def _get(url: str) -> tuple[int, str]:
         return resp.status, resp.read().decode()
 
 
+@pytest.mark.e2e_slow
 def test_objects_pause_events_metrics(operator: Kube, ns: str) -> None:
     """Services + PDB owned and shaped right; a paused cluster ignores a scale change until resumed."""
     kube = operator
