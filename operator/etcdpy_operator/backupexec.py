@@ -172,6 +172,7 @@ def backup_pod(o: Observed, spec: BackupSpec, uid: str, f: InFlight, member: str
     template = o.spec.pod_template
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "securityContext": builders.pod_security_context(),
         "containers": [
             {
                 "name": "backup",

@@ -44,6 +44,23 @@ ETCD_FLAGS = {
 }
 
 
+# The image runs as this non-root user (see the Dockerfile). fsGroup makes the kubelet hand a freshly
+# provisioned, root-owned volume to that group, without which etcdpy cannot create its data dir there.
+IMAGE_UID = 10001
+
+
+def pod_security_context() -> dict[str, Any]:
+    """Pod-level security context of every Pod the operator creates from the etcdpy image."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": IMAGE_UID,
+        "runAsGroup": IMAGE_UID,
+        "fsGroup": IMAGE_UID,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def cluster_labels(cluster: str) -> dict[str, str]:
     return {
         LABEL_NAME: "etcdpy",
@@ -239,6 +256,7 @@ def pod(
         "hostname": member,
         "subdomain": peer_service(cluster),
         "restartPolicy": "Always",
+        "securityContext": pod_security_context(),
         "terminationGracePeriodSeconds": int(template.get("terminationGracePeriodSeconds", 30)),
         "containers": [container],
         "volumes": volumes,

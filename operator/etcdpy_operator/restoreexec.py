@@ -52,6 +52,7 @@ def check_pod(o: Observed, uid: str, source: Source) -> dict[str, Any]:
         },
         "spec": {
             "restartPolicy": "Never",
+            "securityContext": builders.pod_security_context(),
             "containers": [{
                 "name": "check",
                 "image": o.spec.image,

@@ -156,3 +156,21 @@ def test_pdb_keeps_quorum(replicas: int, budget: dict[str, int]) -> None:
     assert body["apiVersion"] == "policy/v1"
     assert body["spec"]["selector"]["matchLabels"] == builders.selector("demo")
     assert {k: v for k, v in body["spec"].items() if k != "selector"} == budget
+
+
+def test_member_pod_runs_as_the_image_user_and_owns_its_volume() -> None:
+    """A freshly provisioned volume is root-owned: without fsGroup the image's non-root user cannot
+    create its data dir there (seen with podman and a root-owned volume)."""
+    ctx = _pod()["spec"]["securityContext"]
+    uid = _dockerfile_uid()
+    assert ctx["runAsNonRoot"] is True
+    assert ctx["runAsUser"] == uid and ctx["fsGroup"] == uid
+
+
+def _dockerfile_uid() -> int:
+    """The USER of the image's final stage, so the operator and the Dockerfile cannot drift apart."""
+    from pathlib import Path
+
+    dockerfile = Path(__file__).resolve().parents[3] / "Dockerfile"
+    users = [line.split()[1] for line in dockerfile.read_text().splitlines() if line.startswith("USER ")]
+    return int(users[-1].split(":")[0])
