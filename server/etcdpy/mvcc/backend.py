@@ -129,37 +129,51 @@ def _remove_stale_checkpoints(path: str) -> None:
 
 
 class Batch:
-    """A write batch spanning buckets, applied atomically by `Backend.write`."""
+    """Writes spanning buckets, applied atomically by `Backend.write` or folded into a larger batch.
 
-    __slots__ = ("_wb", "_empty")
+    The writes are kept as a list of (raw key, value or None for a delete) rather than
+    in a RocksDB WriteBatch, so that the MVCC store can fold a whole apply slice's
+    batches into one RocksDB write (`KVStore.defer_writes`) and serve reads of what
+    is staged there before it reaches RocksDB.
+    """
+
+    __slots__ = ("ops", "written")
 
     def __init__(self) -> None:
-        self._wb = WriteBatch(raw_mode=True)
-        self._empty = True
+        self.ops: list[tuple[bytes, bytes | None]] = []
+        self.written = False
 
     def put(self, bucket: str, key: bytes, value: bytes) -> None:
-        self._wb.put(bucket_prefix(bucket) + key, value)
-        self._empty = False
+        self.ops.append((bucket_prefix(bucket) + key, value))
 
     def delete(self, bucket: str, key: bytes) -> None:
-        self._wb.delete(bucket_prefix(bucket) + key)
-        self._empty = False
+        self.ops.append((bucket_prefix(bucket) + key, None))
 
     def put_raw(self, raw_key: bytes, value: bytes) -> None:
         """Put an already-prefixed key (the MVCC hot path precomputes prefixes)."""
-        self._wb.put(raw_key, value)
-        self._empty = False
+        self.ops.append((raw_key, value))
 
     def delete_raw(self, raw_key: bytes) -> None:
-        self._wb.delete(raw_key)
-        self._empty = False
+        self.ops.append((raw_key, None))
 
     def is_empty(self) -> bool:
-        return self._empty
+        return not self.ops
+
+    def copy_into(self, wb: WriteBatch) -> None:
+        """Stage every write, in order, in a RocksDB write batch."""
+        put, delete = wb.put, wb.delete
+        for k, v in self.ops:
+            if v is None:
+                delete(k)
+            else:
+                put(k, v)
 
     @property
     def write_batch(self) -> WriteBatch:
-        return self._wb
+        """A RocksDB write batch holding these writes."""
+        wb = WriteBatch(raw_mode=True)
+        self.copy_into(wb)
+        return wb
 
 
 class Backend:
@@ -308,8 +322,11 @@ class Backend:
         return Batch()
 
     def write(self, batch: Batch) -> None:
-        """Apply a batch atomically (a Batch can be written only once)."""
+        """Apply a batch atomically (a Batch can be written only once: twice is a bug)."""
+        if batch.written:
+            raise RuntimeError("backend: write batch already consumed")
         self.db.write(batch.write_batch)
+        batch.written = True
 
     # -- iteration ------------------------------------------------------------
 

@@ -151,6 +151,7 @@ class EtcdServer:
         if not os.access(cfg.data_dir, os.W_OK):
             raise StartupError(f"cannot access data directory {cfg.data_dir!r}: permission denied")
         self.kv = self._open_kv()
+        self.kv.on_backend_commit = self.metrics.backend_commit.observe
         self._install_pending_snapshot_db()
         # watch: notified by the KV store of every committed write txn; its sync/victim loops start here.
         self.watchable = WatchableStore(self.kv, logger=self.log)
@@ -1057,23 +1058,34 @@ class EtcdServer:
 
         A follower catching up gets thousands of entries at once; yielding between them
         keeps reads, watches and the raft loop going meanwhile (nothing else applies, so
-        the order is kept).
+        the order is kept). The KV writes of each slice go to RocksDB as one batch
+        (`KVStore.defer_writes`), flushed before the slice yields or wakes anyone, as
+        etcd's backend commits its batch transaction periodically rather than per entry.
         """
         p = self.progress
+        kv = self.kv
+        assert kv is not None
         deadline = time.perf_counter() + APPLY_SLICE_SECONDS
-        for ent in entries:
-            if ent.index <= p.applied_index:
-                continue
-            if ent.type == EntryType.CONF_CHANGE:
-                self._apply_conf_change(ent)
-            else:
-                self._apply_normal(ent)
-            p.applied_index = ent.index
-            p.applied_term = ent.term
-            if time.perf_counter() >= deadline:
-                self.applied_wait.trigger(p.applied_index)
-                await asyncio.sleep(0)
-                deadline = time.perf_counter() + APPLY_SLICE_SECONDS
+        kv.defer_writes()
+        try:
+            for ent in entries:
+                if ent.index <= p.applied_index:
+                    continue
+                if ent.type == EntryType.CONF_CHANGE:
+                    kv.flush_deferred()
+                    self._apply_conf_change(ent)
+                    kv.flush_deferred()
+                else:
+                    self._apply_normal(ent)
+                p.applied_index = ent.index
+                p.applied_term = ent.term
+                if time.perf_counter() >= deadline:
+                    kv.flush_deferred()
+                    self.applied_wait.trigger(p.applied_index)
+                    await asyncio.sleep(0)
+                    deadline = time.perf_counter() + APPLY_SLICE_SECONDS
+        finally:
+            kv.end_deferred()
         self.applied_wait.trigger(p.applied_index)
         self.heap.applied(len(entries))
         self._maybe_trigger_snapshot()
@@ -1089,6 +1101,18 @@ class EtcdServer:
         assert self.kv is not None and self.applier is not None
         req = raft_internal_pb2.InternalRaftRequest()
         req.ParseFromString(ent.data)
+        if req.HasField("put") or req.HasField("txn") or req.HasField("delete_range"):
+            self._apply_request(ent, req)
+        else:
+            # Only KV requests share the slice's batch: the others (leases, auth, alarms,
+            # compaction, members) read and write buckets outside the store's staged view,
+            # so they see everything before them written and leave nothing staged.
+            self.kv.flush_deferred()
+            self._apply_request(ent, req)
+            self.kv.flush_deferred()
+
+    def _apply_request(self, ent: Entry, req: raft_internal_pb2.InternalRaftRequest) -> None:
+        assert self.kv is not None and self.applier is not None
         if req.HasField("cluster_member_attr_set"):
             # Membership lives in raft snapshots + the log, not in MVCC, so it is always re-applied.
             attrs = req.cluster_member_attr_set
@@ -1099,9 +1123,7 @@ class EtcdServer:
             return
         if ent.index <= self.kv.consistent_index:
             return  # applied before a restart: the store already has it
-        t0 = time.perf_counter()
-        result = self.applier.apply(req, ent.index, ent.term)  # one RocksDB write batch per entry
-        self.metrics.backend_commit.observe(time.perf_counter() - t0)
+        result = self.applier.apply(req, ent.index, ent.term)
         if isinstance(result.physc, CompactionJob):
             result.physc = self._schedule_physical_compaction(result.physc)
         self._trigger(req, result)
