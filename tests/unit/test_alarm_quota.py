@@ -19,7 +19,7 @@ from etcdpy.pb import raft_internal_pb2 as rip
 from etcdpy.pb import rpc_pb2 as pb
 from etcdpy.server.alarm import CORRUPT, NOSPACE, AlarmApplier, AlarmStore, alarm_string
 from etcdpy.server.apply import Applier
-from etcdpy.server.quota import BackendQuota, cost
+from etcdpy.server.quota import COST_BOUND_PER_BYTE, BackendQuota, cost
 
 AR = pb.AlarmRequest
 
@@ -52,6 +52,34 @@ def test_costs_follow_etcd() -> None:
     assert cost(_txn([_op_put(b"a"), _op_put(b"b", b"12")], [_op_put(b"c", b"x" * 10)])) == max(2 * 256 + 4, 256 + 11)
     nested = pb.RequestOp(request_txn=pb.TxnRequest(success=[_op_put(b"n", b"v" * 1000)]))
     assert cost(_txn([nested])) == 0
+
+
+def test_no_request_costs_more_than_the_bound_the_quota_skips_by() -> None:
+    """`available` skips computing the cost when size + bound x encoded size fits; the bound must hold."""
+    import random
+
+    seed = random.randrange(1 << 30)
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+
+    def blob(n: int) -> bytes:
+        return bytes(rng.randrange(256) for _ in range(n))
+
+    requests = [
+        rip.InternalRaftRequest(lease_grant=pb.LeaseGrantRequest()),
+        rip.InternalRaftRequest(lease_grant=pb.LeaseGrantRequest(TTL=5, ID=7)),
+        _put(b"", b""),
+        _put(b"k", b""),
+        _txn([_op_put(b"") for _ in range(64)]),
+        _txn([], [_op_put(b"") for _ in range(3)]),
+    ]
+    for _ in range(300):
+        ops = [_op_put(blob(rng.randrange(0, 8)), blob(rng.randrange(0, 40))) for _ in range(rng.randrange(0, 6))]
+        more = [_op_put(blob(rng.randrange(0, 3))) for _ in range(rng.randrange(0, 6))]
+        requests.append(_txn(ops, more))
+        requests.append(_put(blob(rng.randrange(0, 10)), blob(rng.randrange(0, 300))))
+    for req in requests:
+        assert cost(req) <= COST_BOUND_PER_BYTE * req.ByteSize(), req
 
 
 def test_quota_available_and_size_cache() -> None:

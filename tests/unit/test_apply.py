@@ -870,3 +870,39 @@ def test_fill_header_sets_only_the_member_fields() -> None:
     h = rpc_pb2.ResponseHeader(revision=7)
     fill_header(h, cluster_id=1, member_id=2, raft_term=3)
     assert (h.cluster_id, h.member_id, h.raft_term, h.revision) == (1, 2, 3, 7)
+
+
+# ---------------------------------------------------------------------- compares answered by the index
+
+
+def test_index_compares_agree_with_compares_on_loaded_values(ds: Node) -> None:
+    """Single-key CREATE/MOD/VERSION compares skip loading the value; they must decide as if it were loaded.
+
+    Covers live keys with several versions, a deleted key, a never-written key, and every result
+    operator against operands below, at and above the stored number, plus an operand given for
+    another target (which compares against zero, as etcd).
+    """
+    ds.delete(b"k4")
+    view_store = ds.store
+    targets = {
+        rpc_pb2.Compare.CREATE: "create_revision",
+        rpc_pb2.Compare.MOD: "mod_revision",
+        rpc_pb2.Compare.VERSION: "version",
+    }
+    results = (rpc_pb2.Compare.EQUAL, rpc_pb2.Compare.NOT_EQUAL, rpc_pb2.Compare.GREATER, rpc_pb2.Compare.LESS)
+    checked = 0
+    for key in (b"k1", b"k2", b"k3", b"k4", b"nope"):
+        stored = view_store.range(key, None).kvs
+        kv = stored[0] if stored else kv_pb2.KeyValue()
+        for target, field_name in targets.items():
+            actual = getattr(kv, field_name)
+            for result in results:
+                for operand in (actual - 1, actual, actual + 1):
+                    c = C(key, target, result, **{field_name: operand})
+                    expected = compare_kv(c, kv)
+                    got = ds.txn(compare=[c]).succeeded
+                    assert got == expected, (key, target, result, operand)
+                    checked += 1
+                other = C(key, target, rpc_pb2.Compare.EQUAL, value=b"x")  # operand of another target
+                assert ds.txn(compare=[other]).succeeded == compare_kv(other, kv)
+    assert checked == 5 * 3 * 4 * 3

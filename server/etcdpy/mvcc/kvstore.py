@@ -770,6 +770,17 @@ class TxnWrite:
                 out.append(kv)
         return out
 
+    def key_meta(self, key: bytes) -> tuple[int, int, int] | None:
+        """(mod_revision, create_revision, version) of `key` in this txn's view, None if absent.
+
+        From the index (or this txn's own writes): no value is read.
+        """
+        if key in self._pending:
+            p = self._pending[key]
+            return None if p is None else (p.mod_revision, p.create_revision, p.version)
+        got = self._s.index.get(key, self.begin_rev)
+        return None if got is None else (got[0].main, got[1].main, got[2])
+
     def _latest(self, key: bytes) -> tuple[int, int] | None:
         """(create_revision, version) of `key` in this txn's view, None if absent."""
         if key in self._pending:

@@ -71,6 +71,8 @@ class _LoadedRange:
     rev: int
 
 _CMP = rpc_pb2.Compare
+_INDEX_TARGETS = frozenset((_CMP.CREATE, _CMP.MOD, _CMP.VERSION))
+"""Compare targets the key index answers without the stored value."""
 
 
 @dataclass
@@ -140,7 +142,15 @@ class _View:
     def __init__(self, store: KVStore, write: TxnWrite | None) -> None:
         self.begin = store.current_rev
         self.write = write
+        self._store = store
         self._reader = write.range if write is not None else store.range
+
+    def key_meta(self, key: bytes) -> tuple[int, int, int] | None:
+        """(mod_revision, create_revision, version) of `key` here, None if absent; from the index alone."""
+        if self.write is not None:
+            return self.write.key_meta(key)
+        got = self._store.index.get(key, self.begin)
+        return None if got is None else (got[0].main, got[1].main, got[2])
 
     def range(
         self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0, count_only: bool = False
@@ -397,7 +407,16 @@ class Applier:
         return path
 
     def _apply_compare(self, view: _View, c: rpc_pb2.Compare) -> bool:
-        """applyCompare: every key in [key, range_end) must satisfy it; none present = a zero KeyValue."""
+        """applyCompare: every key in [key, range_end) must satisfy it; none present = a zero KeyValue.
+
+        A single-key compare of a revision or the version (kube-apiserver's every write) needs
+        only the index, so the value is not loaded from RocksDB and decoded for it.
+        """
+        if not c.range_end and c.target in _INDEX_TARGETS:
+            meta = view.key_meta(c.key)
+            if meta is None:
+                return compare_kv(c, kv_pb2.KeyValue())
+            return compare_kv(c, kv_pb2.KeyValue(mod_revision=meta[0], create_revision=meta[1], version=meta[2]))
         try:
             kvs = view.range(c.key, c.range_end or None).kvs
         except errors.EtcdError:
@@ -487,8 +506,15 @@ def _lease_checkpoint(
 
 
 def is_txn_read_only(rt: rpc_pb2.TxnRequest) -> bool:
-    """isTxnReadonly: only ranges in both branches (a nested txn counts as a write)."""
-    return all(op.WhichOneof("request") == "request_range" for op in (*rt.success, *rt.failure))
+    """isTxnReadonly: only ranges in both branches (a nested txn counts as a write).
+
+    Stops at the first other op: this runs for every Txn, and writing ones usually say so first.
+    """
+    for ops in (rt.success, rt.failure):
+        for op in ops:
+            if op.WhichOneof("request") != "request_range":
+                return False
+    return True
 
 
 def _ops_on_path(rt: rpc_pb2.TxnRequest, path: Iterator[bool]) -> Iterator[rpc_pb2.RequestOp]:

@@ -20,7 +20,7 @@ directory; the quota is asked on every write, so the size is cached for
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from etcdpy.config import DEFAULT_QUOTA_BACKEND_BYTES
 from etcdpy.pb import raft_internal_pb2, rpc_pb2
@@ -34,6 +34,12 @@ LEASE_OVERHEAD = 64
 MAX_QUOTA_BYTES = 8 * 1024 * 1024 * 1024
 """etcd's suggested maximum quota; larger ones only get a warning."""
 
+COST_BOUND_PER_BYTE = 1 + KV_OVERHEAD // 2
+"""No request costs more than this many times its encoded size: every charged put needs at
+least two bytes of encoding and costs its key and value (part of the size) plus KV_OVERHEAD;
+a LeaseGrant (at least two bytes) costs LEASE_OVERHEAD. Below the quota by that margin, the
+exact cost need not be computed."""
+
 SIZE_TTL_SECONDS = 0.1
 """How long a measured backend size is trusted before it is measured again."""
 
@@ -45,10 +51,10 @@ def cost_put(r: rpc_pb2.PutRequest) -> int:
 def cost_txn(r: rpc_pb2.TxnRequest) -> int:
     """The costlier branch; only top-level puts count (as etcd's costTxn)."""
 
-    def branch(ops: list[rpc_pb2.RequestOp]) -> int:
+    def branch(ops: Iterable[rpc_pb2.RequestOp]) -> int:
         return sum(cost_put(op.request_put) for op in ops if op.WhichOneof("request") == "request_put")
 
-    return max(branch(list(r.success)), branch(list(r.failure)))
+    return max(branch(r.success), branch(r.failure))
 
 
 def cost(req: raft_internal_pb2.InternalRaftRequest) -> int:
@@ -113,10 +119,12 @@ class BackendQuota:
         when the backend commits, so a write that passed its check rarely fails at apply.
         Measuring again in between would make that common here (the size is a directory walk).
         """
+        size = self.size() if measure or self._measured_at is None else self._size
+        if size + COST_BOUND_PER_BYTE * req.ByteSize() < self.max_bytes:
+            return True  # whatever it costs, it fits (the usual case: far below the quota)
         c = cost(req)
         if c == 0:
             return True
-        size = self.size() if measure or self._measured_at is None else self._size
         return size + c < self.max_bytes
 
     def remaining(self) -> int:
