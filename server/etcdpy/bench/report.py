@@ -94,8 +94,11 @@ class Report:
         return "\n".join(lines) + "\n"
 
 
-HEADER = "| workload | target | ops/s | mean ms | p50 ms | p90 ms | p99 ms | CPU µs/op | errors | load 1m |"
-RULE = "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"
+HEADER = (
+    "| workload | target | ops/s | mean ms | p50 ms | p90 ms | p99 ms | CPU µs/op | ops/fsync | ops/commit "
+    "| errors | load 1m |"
+)
+RULE = "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
 
 
 def _table(workload: str, rows: list[Summary], ratios: list[dict[str, Any]]) -> list[str]:
@@ -108,13 +111,14 @@ def _table(workload: str, rows: list[Summary], ratios: list[dict[str, Any]]) -> 
         out.append(
             f"| {workload} | {r.target} | {_num(r.ops_per_s, 0)} | {_num(r.mean_ms)} | {_num(r.p50_ms)} "
             f"| {_num(r.p90_ms)} | {_num(r.p99_ms)} | {_num(_nan(r.cpu_us_per_op), 0)} "
+            f"| {_num(_nan(r.ops_per_wal_fsync), 1)} | {_num(_nan(r.ops_per_backend_commit), 1)} "
             f"| {r.errors}{extra} | {r.load_avg[0]:.2f} |"
         )
     for q in ratios:
         if q["workload"] == workload:
             out.append(
                 f"| {workload} | {q['target']} / {q['baseline']} | {_times(q['ops_per_s'])} |  |  |  "
-                f"| {_times(q['p99_ms'])} | {_times(q.get('cpu_us_per_op'))} |  |  |"
+                f"| {_times(q['p99_ms'])} | {_times(q.get('cpu_us_per_op'))} |  |  |  |  |"
             )
     return out
 

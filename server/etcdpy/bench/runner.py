@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from collections.abc import Callable
+from typing import Any
 
 from etcdpy.bench.client import WorkerResult, WorkerSpec, worker_main
 from etcdpy.bench.stats import Summary, summarize
@@ -76,11 +77,18 @@ class Measurement:
     """watch-fanout: acknowledged writes; each watch must have seen each one once."""
     cpu_s: float | None = None
     """Server CPU seconds (all members) spent inside the measured window; None if unknown."""
+    wal_fsyncs: float | None = None
+    """WAL fsyncs per member inside the measured window (from /metrics); None if unknown."""
+    backend_commits: float | None = None
+    """Backend commits per member inside the measured window; None if unknown."""
 
     def add(self, other: "Measurement") -> None:
         """Pool another round into this one."""
         if other.cpu_s is not None:
             self.cpu_s = (self.cpu_s or 0.0) + other.cpu_s
+        if other.wal_fsyncs is not None and other.backend_commits is not None:
+            self.wal_fsyncs = (self.wal_fsyncs or 0.0) + other.wal_fsyncs
+            self.backend_commits = (self.backend_commits or 0.0) + other.backend_commits
         self.latencies.extend(other.latencies)
         self.elapsed_s += other.elapsed_s
         self.errors.update(other.errors)
@@ -109,6 +117,10 @@ class Measurement:
         out.lost, out.writes = self.lost, self.writes
         if self.cpu_s is not None and self.latencies:
             out.cpu_us_per_op = self.cpu_s / len(self.latencies) * 1e6
+        if self.wal_fsyncs and self.latencies:
+            out.ops_per_wal_fsync = len(self.latencies) / self.wal_fsyncs
+        if self.backend_commits and self.latencies:
+            out.ops_per_backend_commit = len(self.latencies) / self.backend_commits
         return out
 
 
@@ -127,30 +139,35 @@ def run_workload(target: Target, workload: str, cfg: RunConfig, log: Log) -> Mea
         load = os.getloadavg()
         go.set()
         window = CpuWindow(target.cpu_seconds, cfg)
+        disk = CpuWindow(target.disk_counters, cfg)
         log(f"  {target.name} {workload}: running ({_shape(cfg)})")
         collected = _collect(results, len(procs), cfg)
         cpu_s = window.finish()
+        disk_delta = disk.finish()
     finally:
         _reap(procs)
     out = _merge(collected, load)
     out.cpu_s = cpu_s
+    if disk_delta is not None:
+        out.wal_fsyncs, out.backend_commits = (x / max(1, target.members) for x in disk_delta)
     return out
 
 
 class CpuWindow:
-    """Samples the server's CPU time when the clients' measured window opens and closes.
+    """Samples the server when the clients' measured window opens and closes: CPU time, counters.
 
     The clients warm up for `warmup_s` after the start signal and then measure for
     `duration_s`; sampling on the same schedule here makes "CPU / measured requests"
-    the server's CPU cost per request. With a request budget the window ends when the
-    last client reports (a slight overestimate: the tail of the run is included).
+    the server's CPU cost per request (and "requests / WAL fsyncs" its batching). With a
+    request budget the window ends when the last client reports (a slight overestimate:
+    the tail of the run is included). `sample` returns a number or a tuple of numbers.
     """
 
-    def __init__(self, sample: Callable[[], float | None], cfg: RunConfig) -> None:
+    def __init__(self, sample: Callable[[], Any], cfg: RunConfig) -> None:
         self._sample = sample
         self._cfg = cfg
-        self._start: float | None = None
-        self._end: float | None = None
+        self._start: Any = None
+        self._end: Any = None
         self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="bench-cpu-window", daemon=True)
         self._thread.start()
@@ -162,12 +179,14 @@ class CpuWindow:
             time.sleep(max(0.0, self._t0 + self._cfg.warmup_s + self._cfg.duration_s - time.monotonic()))
             self._end = self._sample()
 
-    def finish(self) -> float | None:
-        """CPU seconds inside the window, or None when the target's processes are not ours."""
+    def finish(self) -> Any:
+        """The change inside the window (a number, or a tuple like the samples), or None if unknown."""
         self._thread.join(timeout=self._cfg.warmup_s + (self._cfg.duration_s or 0) + 5.0)
         end = self._end if self._end is not None else self._sample()
         if self._start is None or end is None:
             return None
+        if isinstance(end, tuple):
+            return tuple(max(0.0, b - a) for a, b in zip(self._start, end))
         return max(0.0, end - self._start)
 
 

@@ -53,6 +53,10 @@ class Summary:
     """watch-fanout only: acknowledged writes, pooled over rounds."""
     cpu_us_per_op: float | None = None
     """Server CPU (user + system, every member) per successful request, in microseconds."""
+    ops_per_wal_fsync: float | None = None
+    """Successful requests per WAL fsync of a member (etcd_disk_wal_fsync_duration_seconds_count)."""
+    ops_per_backend_commit: float | None = None
+    """Successful requests per backend commit of a member (etcd_disk_backend_commit_duration_seconds_count)."""
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict; NaN becomes None because JSON has no NaN."""

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,22 @@ class Target:
     def cpu_seconds(self) -> float | None:
         """CPU time (user + system) its server processes have used so far; None if not ours."""
         return None if self.cluster is None else self.cluster.cpu_seconds()
+
+    @property
+    def members(self) -> int:
+        """How many members serve it (from the endpoints when we did not start it)."""
+        return self.cluster.members if self.cluster is not None else len(self.endpoints)
+
+    def disk_counters(self) -> tuple[float, float] | None:
+        """(WAL fsyncs, backend commits) so far, summed over members; None if any member did not say."""
+        totals = [0.0, 0.0]
+        for endpoint in self.endpoints:
+            got = scrape_counters(f"http://{endpoint}/metrics", DISK_COUNTERS)
+            if got is None:
+                return None
+            for i, name in enumerate(DISK_COUNTERS):
+                totals[i] += got[name]
+        return totals[0], totals[1]
 
 
 def free_ports(count: int) -> list[int]:
@@ -214,6 +231,30 @@ class LocalCluster:
                 m.proc.wait(timeout=STOP_TIMEOUT_S)
         if self.root is not None and not self.keep_data:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+DISK_COUNTERS = ("etcd_disk_wal_fsync_duration_seconds_count", "etcd_disk_backend_commit_duration_seconds_count")
+"""Both servers export these on the client port's /metrics: how often each made its WAL durable
+and committed its backend. Writes per fsync / per commit show how well each batches under load."""
+
+
+def scrape_counters(url: str, names: tuple[str, ...], timeout_s: float = 2.0) -> dict[str, float] | None:
+    """The named unlabelled samples of a Prometheus text page; None if unreachable or one is missing."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            text = resp.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return None
+    wanted = set(names)
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in wanted:
+            try:
+                found[name] = float(value.split()[0])
+            except (ValueError, IndexError):
+                return None
+    return found if len(found) == len(wanted) else None
 
 
 def process_cpu_seconds(pid: int) -> float:
