@@ -74,6 +74,8 @@ from etcdpy.watch import WatchableStore
 
 READ_INDEX_RETRY_SECONDS = 0.5
 APPLY_SLICE_SECONDS = 0.02
+_DROPPED = ApplyResult(resp=None, err=None, events=[])
+"""Handed to a proposer whose buffered proposal the raft loop could not step (no leader any more)."""
 """The apply task yields to the loop at least this often while applying a long batch."""
 
 T = TypeVar("T")
@@ -659,14 +661,22 @@ class EtcdServer:
         assert self.raft is not None
         fut = self.wait.register(req_id, self.cfg.request_timeout)
         start = time.monotonic()
+
+        def dropped() -> None:
+            """The raft loop refused the batch this proposal was in (see RaftNode.propose)."""
+            self.metrics.proposals_failed += 1
+            self.wait.trigger(req_id, _DROPPED)
+
         try:
-            self.raft.propose(data)
+            self.raft.propose(data, dropped)
         except ProposalDropped:
             self.metrics.proposals_failed += 1
             self.wait.trigger(req_id, None)
             raise (errors.ErrNoLeader() if self.lead == NONE else errors.ErrTimeout()) from None
         try:
             result: ApplyResult | None = await fut  # fails with TimeoutError after request_timeout
+            if result is _DROPPED:
+                raise errors.ErrNoLeader() if self.lead == NONE else errors.ErrTimeout()
         except TimeoutError:
             self.metrics.proposals_failed += 1
             self.wait.trigger(req_id, None)
