@@ -58,8 +58,8 @@ def rpc(fn: Handler[T]) -> Handler[T]:
         try:
             if self.server.is_learner() and not supported_for_learner(request):
                 raise ErrNotSupportedForLearner()
-            if requires_leader(context) and not self.server.has_leader():
-                raise ErrNoLeader()
+            if not self.server.has_leader() and requires_leader(context):
+                raise ErrNoLeader()  # (the metadata is looked at only when it can matter)
             return await fn(self, request, context)
         except EtcdError as e:
             await context.abort(status_code(e), e.message)
