@@ -9,7 +9,9 @@ batch the raft core refuses is reported to every one of its proposers (never los
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from etcdpy.raft import Config, Peer, RawNode
@@ -74,6 +76,21 @@ def single_member(tmp_path: Path) -> tuple[RaftNode, Sent]:
     return rn, sent
 
 
+@contextlib.asynccontextmanager
+async def leader(tmp_path: Path) -> AsyncIterator[tuple[RaftNode, Recorder]]:
+    """A running single-member RaftNode (raft and apply loops) that has won its election."""
+    rn, _ = single_member(tmp_path)
+    rec = Recorder()
+    tasks = [asyncio.create_task(rn.run(rec)), asyncio.create_task(rn.run_apply(rec))]
+    try:
+        await elect(rn)
+        yield rn, rec
+    finally:
+        rn.stop()
+        await asyncio.gather(*tasks)
+        rn.close()
+
+
 async def elect(rn: RaftNode) -> None:
     """Let the loop persist and apply the bootstrap entries (raft refuses to campaign before), then win."""
     rn.wake()
@@ -92,67 +109,50 @@ async def _wait_for(cond: object, timeout: float = 10.0) -> None:
 
 def test_proposals_between_passes_are_one_append_in_order(tmp_path: Path) -> None:
     async def main() -> None:
-        rn, _ = single_member(tmp_path)
-        rec = Recorder()
-        tasks = [asyncio.create_task(rn.run(rec)), asyncio.create_task(rn.run_apply(rec))]
-        await elect(rn)
-        await _wait_for(lambda: not rn.node.has_ready())
-        fsyncs, last = rn.fsync_count, rn.node.raft.raft_log.last_index()
-        drops: list[int] = []
-        for i in range(50):  # no await in between: the raft loop cannot run a pass meanwhile
-            rn.propose(b"p%02d" % i, lambda i=i: drops.append(i))  # type: ignore[misc]
-        assert rn.node.raft.raft_log.last_index() == last  # buffered, not stepped yet
-        await _wait_for(lambda: len(rec.applied) == 50)
-        assert rec.applied == [b"p%02d" % i for i in range(50)]
-        assert rec.batches[-1] == 50  # one Ready carried them all
-        assert rn.fsync_count == fsyncs + 1  # one WAL write for the batch
-        assert drops == []
-        rn.stop()
-        await asyncio.gather(*tasks)
-        rn.close()
+        async with leader(tmp_path) as (rn, rec):
+            await _wait_for(lambda: not rn.node.has_ready())
+            fsyncs, last = rn.fsync_count, rn.node.raft.raft_log.last_index()
+            drops: list[int] = []
+            for i in range(50):  # no await in between: the raft loop cannot run a pass meanwhile
+                rn.propose(b"p%02d" % i, lambda i=i: drops.append(i))  # type: ignore[misc]
+            assert rn.node.raft.raft_log.last_index() == last  # buffered, not stepped yet
+            await _wait_for(lambda: len(rec.applied) == 50)
+            assert rec.applied == [b"p%02d" % i for i in range(50)]
+            assert rec.batches[-1] == 50  # one Ready carried them all
+            assert rn.fsync_count == fsyncs + 1  # one WAL write for the batch
+            assert drops == []
 
     asyncio.run(main())
 
 
 def test_a_refused_batch_is_reported_to_each_proposer(tmp_path: Path) -> None:
     async def main() -> None:
-        rn, _ = single_member(tmp_path)
-        rec = Recorder()
-        tasks = [asyncio.create_task(rn.run(rec)), asyncio.create_task(rn.run_apply(rec))]
-        await elect(rn)
-        drops: list[int] = []
-        for i in range(3):
-            rn.propose(b"x", lambda i=i: drops.append(i))  # type: ignore[misc]
-        # Leadership is lost before the loop's next pass (as when a higher term arrives).
-        r = rn.node.raft
-        r.become_follower(r.term + 1, 0)
-        assert r.state == StateType.FOLLOWER
-        await _wait_for(lambda: drops == [0, 1, 2])
-        try:  # with no leader known, a proposal is refused at once, as before batching
-            rn.propose(b"y", lambda: drops.append(-1))
-        except ProposalDropped:
-            pass
-        else:
-            raise AssertionError("a proposal without a leader must be refused")
-        assert drops == [0, 1, 2]
-        rn.stop()
-        await asyncio.gather(*tasks)
-        rn.close()
+        async with leader(tmp_path) as (rn, rec):
+            drops: list[int] = []
+            for i in range(3):
+                rn.propose(b"x", lambda i=i: drops.append(i))  # type: ignore[misc]
+            # Leadership is lost before the loop's next pass (as when a higher term arrives).
+            r = rn.node.raft
+            r.become_follower(r.term + 1, 0)
+            assert r.state == StateType.FOLLOWER
+            await _wait_for(lambda: drops == [0, 1, 2])
+            try:  # with no leader known, a proposal is refused at once, as before batching
+                rn.propose(b"y", lambda: drops.append(-1))
+            except ProposalDropped:
+                pass
+            else:
+                raise AssertionError("a proposal without a leader must be refused")
+            assert drops == [0, 1, 2]
 
     asyncio.run(main())
 
 
 def test_stop_reports_buffered_proposals(tmp_path: Path) -> None:
     async def main() -> None:
-        rn, _ = single_member(tmp_path)
-        rec = Recorder()
-        tasks = [asyncio.create_task(rn.run(rec)), asyncio.create_task(rn.run_apply(rec))]
-        await elect(rn)
-        drops: list[int] = []
-        rn.propose(b"late", lambda: drops.append(1))
-        rn.stop()
-        assert drops == [1]
-        await asyncio.gather(*tasks)
-        rn.close()
+        async with leader(tmp_path) as (rn, _rec):
+            drops: list[int] = []
+            rn.propose(b"late", lambda: drops.append(1))
+            rn.stop()
+            assert drops == [1]
 
     asyncio.run(main())
