@@ -106,7 +106,9 @@ def test_markdown_report_and_request_budget(capsys: pytest.CaptureFixture[str], 
     # One request in flight: every put waits for its own WAL fsync, so about one put per fsync
     # (read from etcd's /metrics; the window edges may split one).
     assert 0.5 <= float(cells[9]) <= 2.0, line
-    assert float(cells[10]) > 0, line  # puts per backend commit: a number
+    # Puts per backend commit: etcd commits its backend every 100 ms, so a window this short may
+    # hold no commit ("-"); otherwise a positive number.
+    assert cells[10] == "-" or float(cells[10].replace(",", "")) > 0, line
     assert "load average" in text
 
 

@@ -238,6 +238,14 @@ class Backend:
             self._exclusive = asyncio.Lock()
         return self._idle, self._exclusive
 
+    def open_for_loop_reads(self) -> bool:
+        """Whether a read that runs entirely on the loop, with no await, may use the DB now.
+
+        True unless a close/swap holds the backend (the DB may be closed under it then);
+        such a read needs no `hold`: nothing can close the DB before it returns.
+        """
+        return self._db is not None and not (self._exclusive is not None and self._exclusive.locked())
+
     @property
     def worker_users(self) -> int:
         """Worker-thread calls in flight (for tests and logs)."""

@@ -738,8 +738,14 @@ class EtcdServer:
             h.cluster_id, h.member_id, h.raft_term = header.cluster_id, header.member_id, header.raft_term
             return resp.SerializeToString() if wire else resp
 
-        async with self.kv.backend.hold():  # the DB stays open from the plan to the end of the load
-            return await self.applier.range_async(req, self.kv.backend.in_thread, finalize)
+        backend = self.kv.backend
+        if not req.range_end and not req.count_only and backend.open_for_loop_reads():
+            # One key: planned, loaded and answered right here without an await (range_async's
+            # small path), so the DB cannot close meanwhile and needs no hold (were it ever not
+            # small, run_in_worker takes the hold itself).
+            return await self.applier.range_async(req, backend.run_in_worker, finalize)
+        async with backend.hold():  # the DB stays open from the plan to the end of the load
+            return await self.applier.range_async(req, backend.in_thread, finalize)
 
     async def put(self, req: rpc_pb2.PutRequest, auth: AuthInfo | None = None) -> rpc_pb2.PutResponse:
         resp = await self.process_internal_raft_request(raft_internal_pb2.InternalRaftRequest(put=req), auth)
