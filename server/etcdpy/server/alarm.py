@@ -94,6 +94,9 @@ class AlarmStore:
     def active(self, alarm: int) -> bool:
         return any(t == alarm for t, _ in self._alarms)
 
+    def any_active(self) -> bool:
+        return bool(self._alarms)
+
     def activate(self, member_id: int, alarm: int, batch: Batch) -> rpc_pb2.AlarmMember:
         """Raise an alarm; raising an active one changes nothing and returns the existing member."""
         key = (alarm, member_id)
@@ -158,6 +161,8 @@ class AlarmApplier:
 
     def _refusal(self, req: raft_internal_pb2.InternalRaftRequest) -> errors.EtcdError | None:
         """etcd's applierV3Corrupt / applierV3Capped: which error an active alarm imposes, if any."""
+        if not self.alarms.any_active():
+            return None  # the usual case, asked for every applied entry
         if self.alarms.active(CORRUPT) and any(req.HasField(f) for f in _CORRUPT_REFUSED):
             return errors.ErrCorrupt()
         if self.alarms.active(NOSPACE):
