@@ -69,6 +69,12 @@ class Ctl:
         except subprocess.TimeoutExpired:
             raise AssertionError(f"{self.args} still running after {timeout}s: {self.lines}") from None
 
+    def stderr(self) -> str:
+        """What etcdctl wrote to stderr (read once it has exited): why it failed, for the assert message."""
+        if self.proc.poll() is None or self.proc.stderr is None:
+            return ""
+        return self.proc.stderr.read()
+
     def stop(self, sig: int = signal.SIGINT) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -165,11 +171,11 @@ def test_elect_leader_and_takeover(cluster: Cluster, procs: list[Ctl]) -> None:
     wait_until(lambda: len(keys_under(cluster, "myelection/")) == 2, DEADLINE, "p2 to campaign")
     assert "p2" not in p2.lines and "p2" not in observer.lines, "p2 leads while p1 still does"
     p1.stop(signal.SIGINT)  # etcdctl resigns on SIGINT
-    assert p1.wait_exit() == 0
+    assert p1.wait_exit() == 0, p1.stderr()
     p2.wait_line("p2")
     observer.wait_line("p2")
     assert observer.lines.index("p2") > observer.lines.index("p1")
     assert observer.proc.poll() is None, "the observer keeps watching"
     p2.stop(signal.SIGINT)
-    assert p2.wait_exit() == 0
+    assert p2.wait_exit() == 0, p2.stderr()
     wait_until(lambda: keys_under(cluster, "myelection/") == [], DEADLINE, "the election to be empty")

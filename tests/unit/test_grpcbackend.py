@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import grpc
@@ -57,3 +58,15 @@ def test_registered_methods_are_wrapped_once_and_added_in_both_forms() -> None:
     assert b.registered["pkg.KV"]["Put"] is a.registered["pkg.KV"]["Put"]
     # the wrapped service replaces its own generic handler; an unregistered one passes unchanged
     assert other in a.generic and len(a.generic) == 2
+
+
+def test_server_turns_grpc_fork_handlers_off_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member must not depend on the test harness for this (see `etcdpy.cli._no_grpc_fork_handlers`)."""
+    from etcdpy.cli import _no_grpc_fork_handlers
+
+    monkeypatch.delenv("GRPC_ENABLE_FORK_SUPPORT", raising=False)
+    _no_grpc_fork_handlers()
+    assert os.environ["GRPC_ENABLE_FORK_SUPPORT"] == "false"
+    monkeypatch.setenv("GRPC_ENABLE_FORK_SUPPORT", "true")
+    _no_grpc_fork_handlers()
+    assert os.environ["GRPC_ENABLE_FORK_SUPPORT"] == "true"
