@@ -151,6 +151,7 @@ for d in /root/.cache /var/lib/apt/lists /var/cache/apt/archives /src; do
   fi
 done
 command -v etcdpy >/dev/null || { echo "etcdpy is not on PATH"; exit 1; }
+python -c 'import pygrpc_native.aio' || { echo "pygrpc-native (the default gRPC server) is missing"; exit 1; }
 etcdpy --version
 """
     p = podman("run", "--rm", "--network", "host", "--user", "0", "--entrypoint", "sh", image, "-c", script,

@@ -194,7 +194,7 @@ FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
         DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
         "duration of periodic watch progress notifications (Go duration, e.g. 10m, 500ms)",
     ),
-    ("experimental-grpc-server", _grpc_server, "", "client-port gRPC server: native or grpcio ($ETCDPY_GRPC_SERVER)"),
+    ("experimental-grpc-server", _grpc_server, "", "client-port gRPC server: native (the default) or grpcio ($ETCDPY_GRPC_SERVER)"),
     ("wal-dir", str, "", "path to a dedicated WAL directory (empty: member/wal in the data dir)"),
     ("logger", _logger, "zap", "'zap': structured JSON logs (the only logger of etcd 3.5)"),
     ("log-outputs", _log_outputs, ["default"], "'default', 'stderr', 'stdout' or file paths, comma-separated"),

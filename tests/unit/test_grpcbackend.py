@@ -30,7 +30,7 @@ async def _echo(request: Any, context: Any) -> Any:
 def test_flag_beats_environment_beats_default() -> None:
     assert resolve_backend("grpcio", {"ETCDPY_GRPC_SERVER": "native"}) == "grpcio"
     assert resolve_backend(None, {"ETCDPY_GRPC_SERVER": "Native"}) == "native"
-    assert resolve_backend(None, {}) == "grpcio"
+    assert resolve_backend(None, {}) == "native"
     with pytest.raises(BackendError, match="must be one of grpcio, native"):
         resolve_backend(None, {"ETCDPY_GRPC_SERVER": "fast"})
 
