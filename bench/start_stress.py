@@ -9,15 +9,17 @@ every started cluster gets a few requests), so the parent forks with live channe
 exactly as a pytest run does.
 
     python bench/start_stress.py --starts 400 --seed 7                    # the harness as it is
-    python bench/start_stress.py --starts 400 --parent-fork-support true  # grpc fork handlers on here
+    python bench/start_stress.py --starts 400 --parent-fork-support unset  # as before the harness set it
 
 ``--parent-fork-support`` sets ``GRPC_ENABLE_FORK_SUPPORT`` in *this* process before grpc
-is imported: ``harness`` keeps the harness's own choice, ``true``/``false`` override it.
+is imported: ``harness`` keeps the harness's own choice (false), ``unset`` leaves it out
+(grpc-core's default: fork handlers on), ``true``/``false`` set it.
 Members never inherit the override (they get the variable only as the harness would
 pass it). The backend is ``--backend`` (default native), passed as $ETCDPY_GRPC_SERVER.
 
 Counts a start as abnormal when the process exits before it is ready, or when a
-graceful stop (SIGTERM) does not end with exit code 0; a start lost to a port race
+graceful stop (SIGTERM) does not end with exit code 0; a child still not exec'd 15 s
+after the fork is killed (`ForkWatchdog`) and counted too; a start lost to a port race
 with another process is counted apart. Prints the seed, the counts and each abnormal
 start's exit code with its stderr tail; exits 1 if any start was abnormal. Nothing
 is timed: this is an on-demand check, not part of the suites.
@@ -39,8 +41,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _set_fork_support(mode: str) -> None:
-    """Before grpc is imported (the harness imports it): what this process's grpc-core sees."""
-    if mode != "harness":
+    """Before grpc is imported (the harness imports it): what this process's grpc sees.
+
+    grpc reads the variable once, when it is imported, so ``unset`` imports it here with
+    the variable absent; the harness's later default then changes nothing in this process.
+    ``unset`` is what the harness had before it set the variable (grpc-core's fork handlers
+    on); ``true`` also turns on grpcio's Python-level fork handlers, a different setting.
+    """
+    if mode == "unset":
+        os.environ.pop("GRPC_ENABLE_FORK_SUPPORT", None)
+        import grpc  # noqa: F401 - imported for its side effect: it reads the variable now
+    elif mode != "harness":
         os.environ["GRPC_ENABLE_FORK_SUPPORT"] = mode
 
 
@@ -98,6 +109,61 @@ class Load:
                 n += 1
         finally:
             client.close()
+
+
+class ForkWatchdog:
+    """Kills children of this process that are still this program (not exec'd) after `grace` s.
+
+    Why: with grpc's fork handlers on, a child can also hang between fork and exec
+    (seen: its main thread blocked in grpc-core's after-fork handler), and Popen in the
+    parent then waits for the exec forever. Killing the child lets Popen return; the
+    member then counts as abnormal (not ready, exit -9) and the stall is counted here.
+    """
+
+    def __init__(self, grace: float = 15.0) -> None:
+        self.grace = grace
+        self.killed: list[int] = []
+        self._seen: dict[int, float] = {}
+        self._own = Path(f"/proc/{os.getpid()}/cmdline").read_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _children(self) -> list[int]:
+        pids: list[int] = []
+        for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+            try:
+                pids += [int(x) for x in (task / "children").read_text().split()]
+            except OSError:
+                continue
+        return pids
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            now = time.monotonic()
+            for pid in self._children():
+                try:
+                    unexeced = Path(f"/proc/{pid}/cmdline").read_bytes() == self._own
+                except OSError:
+                    continue
+                if not unexeced:
+                    self._seen.pop(pid, None)
+                    continue
+                first = self._seen.setdefault(pid, now)
+                if now - first > self.grace:
+                    print(f"HUNG child {pid}: not exec'd {now - first:.0f} s after fork; killing it", flush=True)
+                    self.killed.append(pid)
+                    self._seen.pop(pid, None)
+                    try:
+                        os.kill(pid, 9)
+                    except ProcessLookupError:
+                        pass
 
 
 def _record(tally: Tally, member: object, what: str, code: int | None) -> None:
@@ -172,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--starts", type=int, default=400, help="member starts to make (at least)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--backend", default="native", choices=("native", "grpcio"))
-    p.add_argument("--parent-fork-support", default="harness", choices=("harness", "true", "false"))
+    p.add_argument("--parent-fork-support", default="harness", choices=("harness", "unset", "true", "false"))
     p.add_argument("--load-threads", type=int, default=4)
     p.add_argument("--base", type=Path, default=None, help="directory for member data (default: a temp dir)")
     args = p.parse_args(argv)
@@ -186,13 +252,16 @@ def main(argv: list[str] | None = None) -> int:
 
     # Members get the variable only as the harness would pass it, never this run's override.
     harness._FORK_SUPPORT_IS_OURS = harness._FORK_SUPPORT_IS_OURS or args.parent_fork_support != "harness"
+    parent_setting = "unset" if args.parent_fork_support == "unset" else repr(os.environ.get("GRPC_ENABLE_FORK_SUPPORT"))
     print(
-        f"seed={seed} backend={args.backend} parent GRPC_ENABLE_FORK_SUPPORT="
-        f"{os.environ.get('GRPC_ENABLE_FORK_SUPPORT')!r} starts>={args.starts} load={os.getloadavg()[0]:.1f}",
+        f"seed={seed} backend={args.backend} parent GRPC_ENABLE_FORK_SUPPORT={parent_setting} "
+        f"starts>={args.starts} load={os.getloadavg()[0]:.1f}",
         flush=True,
     )
     tally = Tally()
     base = args.base or Path(tempfile.mkdtemp(prefix="etcdpy-start-stress-"))
+    watchdog = ForkWatchdog()
+    watchdog.start()
     anchor = Cluster(base / "anchor", size=1).start()
     load = Load(anchor.members[0].endpoint, args.load_threads, tally)
     load.start()
@@ -208,10 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         load.stop()
         anchor.release()
+        watchdog.stop()
     print(
-        f"seed={seed} parent GRPC_ENABLE_FORK_SUPPORT={os.environ.get('GRPC_ENABLE_FORK_SUPPORT')!r}: "
+        f"seed={seed} parent GRPC_ENABLE_FORK_SUPPORT={parent_setting}: "
         f"{tally.starts} member starts in {i} clusters, {tally.ready} ready, {tally.clean_stops} clean stops, "
-        f"{tally.port_races} port races, {len(tally.abnormal)} abnormal; "
+        f"{tally.port_races} port races, {len(tally.abnormal)} abnormal "
+        f"({len(watchdog.killed)} of them hung between fork and exec); "
         f"requests {tally.requests_ok} ok / {tally.requests_failed} failed; "
         f"{time.monotonic() - started:.0f} s, load {os.getloadavg()[0]:.1f}",
         flush=True,
