@@ -360,6 +360,30 @@ def test_channel_room_grows_with_the_watchers_of_a_stream(kv: KVStore) -> None:
     assert len(store.victims) == 50
 
 
+def test_victims_are_retried_per_channel_in_parking_order(kv: KVStore) -> None:
+    """A drained channel takes its own victims back, oldest first, as far as it has room;
+    victims of a channel that is still full stay parked (and are not looked at one by one)."""
+    store = WatchableStore(kv, responses_per_watcher=0, channel_capacity=2)
+    a, b = store.new_watch_stream(), store.new_watch_stream()
+    wa = [a.watchers[a.watch(0, b"k", None, 0)] for _ in range(5)]
+    wb = [b.watchers[b.watch(0, b"k", None, 0)] for _ in range(5)]
+    rev = put(kv, b"k")  # two watchers of each stream fit, three of each are parked
+    assert [where(store, w) for w in wa] == ["synced"] * 2 + ["victim"] * 3
+    assert [where(store, w) for w in wb] == ["synced"] * 2 + ["victim"] * 3
+    assert store.move_victims() == 0  # both channels still full
+    assert len(drain(a)) == 2  # only a makes room
+    assert store.move_victims() == 2  # a's two oldest victims, none of b's
+    assert [where(store, w) for w in wa] == ["synced"] * 4 + ["victim"]
+    assert [where(store, w) for w in wb] == ["synced"] * 2 + ["victim"] * 3
+    assert [r.watch_id for r in drain(a)] == [wa[2].id, wa[3].id]
+    assert store.move_victims() == 1
+    assert evs(drain(a), wa[4].id) == [(PUT, b"k", rev)]
+    store.cancel_watcher(wb[2])  # a cancelled victim is forgotten by both indexes
+    drain(b)
+    assert store.move_victims() == 2 and not store.victims
+    assert [r.watch_id for r in drain(b)] == [wb[3].id, wb[4].id]
+
+
 def test_victim_returns_to_synced_when_nothing_happened_meanwhile(kv: KVStore) -> None:
     store = WatchableStore(kv, responses_per_watcher=0, channel_capacity=1)
     ws = store.new_watch_stream()

@@ -83,6 +83,9 @@ class WatchableStore:
         self.unsynced = WatcherGroup()
         # Parked watcher -> (its undelivered response, its min_rev once delivered).
         self.victims: dict[Watcher, tuple[WatchResponse, int]] = {}
+        # The same victims by their stream's channel, in parking order: a channel that made room
+        # is retried alone, and a full one is skipped without looking at its watchers.
+        self._victims_by_ch: dict[WatchChannel, dict[Watcher, None]] = {}
         self._sync_wake = asyncio.Event()
         self._victim_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -141,7 +144,7 @@ class WatchableStore:
             return
         w.cancelled = True
         if not self.unsynced.delete(w) and not self.synced.delete(w):
-            self.victims.pop(w, None)
+            self._unpark(w)
 
     def restore(self) -> None:
         """After the KV store was replaced by a snapshot: every synced watcher must re-read history."""
@@ -176,7 +179,18 @@ class WatchableStore:
         w.victim = True
         w.min_rev = next_rev
         self.victims[w] = (resp, next_rev)
+        self._victims_by_ch.setdefault(w.ch, {})[w] = None
         self._victim_wake.set()
+
+    def _unpark(self, w: Watcher) -> None:
+        """Drop `w` from the victims (cancelled, or its response delivered)."""
+        if self.victims.pop(w, None) is None:
+            return
+        parked = self._victims_by_ch.get(w.ch)
+        if parked is not None:
+            parked.pop(w, None)
+            if not parked:
+                del self._victims_by_ch[w.ch]
 
     # -- catching up: unsynced watchers ----------------------------------------------
 
@@ -238,19 +252,27 @@ class WatchableStore:
     # -- slow consumers: victims ---------------------------------------------------
 
     def move_victims(self) -> int:
-        """Retry every parked response; delivered watchers rejoin synced or unsynced. Returns how many."""
+        """Retry parked responses; delivered watchers rejoin synced or unsynced. Returns how many.
+
+        Per channel, in parking order, until the channel is full again: a wake-up costs the
+        channels and the moves, not a look at every victim (a fan-out can park thousands).
+        """
         if not self.victims:
             return 0
         cur = self.kv.current_rev
         moved = 0
-        for w, (resp, next_rev) in list(self.victims.items()):
-            if not w.ch.try_send(resp):
+        for ch, parked in list(self._victims_by_ch.items()):
+            if ch.full() and not ch.closed:
                 continue
-            del self.victims[w]
-            w.victim = False
-            w.min_rev = next_rev
-            (self.unsynced if next_rev <= cur else self.synced).add(w)
-            moved += 1
+            for w in list(parked):
+                resp, next_rev = self.victims[w]
+                if not ch.try_send(resp):
+                    break
+                self._unpark(w)
+                w.victim = False
+                w.min_rev = next_rev
+                (self.unsynced if next_rev <= cur else self.synced).add(w)
+                moved += 1
         if moved and self.unsynced.watchers:
             self._sync_wake.set()
         return moved
