@@ -35,6 +35,7 @@ import ipaddress
 import json
 import logging
 import os
+import sys
 import random
 import re
 import shlex
@@ -140,6 +141,9 @@ class Container:
         """The container's environment: the 'image' env, service links, then its own env in order."""
         pod = self.pod.obj
         env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
+        # The image puts its venv's bin first on PATH (Dockerfile: /opt/etcdpy/bin); here that is
+        # the bin of the Python running this node, so `etcdpy` is found without a global install.
+        env["PATH"] = os.pathsep.join(filter(None, [os.path.dirname(sys.executable), env.get("PATH", "")]))
         env.update(self.pod.node.image_env)
         if pod["spec"].get("enableServiceLinks", True):
             env.update(self.pod.node.service_links(pod["metadata"]["namespace"]))
