@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from harness import Cluster, GrpcClient, Member, NetworkFaults, pb_available, re
 
 _MEMBERS_KEY = pytest.StashKey[list[Member]]()
 _CLUSTERS_KEY = pytest.StashKey[list[Cluster]]()
+_FAILED_KEY = pytest.StashKey[bool]()
 
 
 def _track(request: pytest.FixtureRequest, *members: Member) -> None:
@@ -54,6 +56,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     outcome = yield
     report = outcome.get_result()
     if report.failed:
+        item.stash[_FAILED_KEY] = True
         for m in _reported_members(item):
             report.sections.append((f"{target()} member {m.name} ({m.endpoint}) logs", m.log_tail(80)))
 
@@ -158,6 +161,11 @@ def make_cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixtu
     yield make
     for cluster in made:
         cluster.release()
+    if not request.node.stash.get(_FAILED_KEY, False):
+        # A passing test's member data goes now (each member preallocates a 64 MB WAL segment,
+        # so the suites would otherwise leave tens of GB behind); a failing one's stays to look at.
+        for cluster in made:
+            shutil.rmtree(cluster.base_dir, ignore_errors=True)
 
 
 @pytest.fixture
