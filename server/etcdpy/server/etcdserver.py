@@ -74,9 +74,9 @@ from etcdpy.watch import WatchableStore
 
 READ_INDEX_RETRY_SECONDS = 0.5
 APPLY_SLICE_SECONDS = 0.02
+"""The apply task yields to the loop at least this often while applying a long batch."""
 _DROPPED = ApplyResult(resp=None, err=None, events=[])
 """Handed to a proposer whose buffered proposal the raft loop could not step (no leader any more)."""
-"""The apply task yields to the loop at least this often while applying a long batch."""
 
 T = TypeVar("T")
 
