@@ -7,6 +7,7 @@ import hpack
 from etcdpy.api.h2route import (
     FLAG_PADDED,
     FLAG_PRIORITY,
+    LOCAL,
     authority_is_plain,
     choose_upstream,
     first_authority,
@@ -48,3 +49,8 @@ def test_streams_first_and_odd_authorities_go_to_grpcio() -> None:
     assert choose_upstream(block("/etcdserverpb.Lease/LeaseKeepAlive"), "n", "g") == "g"
     assert choose_upstream(block("/etcdserverpb.KV/Put", "http://127.0.0.1:2379"), "n", "g") == "g"
     assert choose_upstream(b"\xff\xff", "n", "g") == "n"
+    # with the in-process stream server: stream-first connections stay here, the rest as before
+    assert choose_upstream(block("/etcdserverpb.Watch/Watch"), "n", "g", local=True) == LOCAL
+    assert choose_upstream(block("/etcdserverpb.Lease/LeaseKeepAlive"), "n", "g", local=True) == LOCAL
+    assert choose_upstream(block("/etcdserverpb.KV/Put"), "n", "g", local=True) == "n"
+    assert choose_upstream(block("/etcdserverpb.Watch/Watch", "http://127.0.0.1:2379"), "n", "g", local=True) == "g"

@@ -112,6 +112,10 @@ class ServiceRegistry:
         """Every registered full method name (``/package.Service/Method``)."""
         return [f"/{service}/{name}" for service, handlers in self._services.items() for name in handlers]
 
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        """Every registered (wrapped) handler by full method name, for servers that look calls up themselves."""
+        return {f"/{service}/{name}": h for service, handlers in self._services.items() for name, h in handlers.items()}
+
     def add_to(self, server: grpc.aio.Server) -> None:
         """Register everything on `server` (a grpc.aio or pygrpc-native server)."""
         for service, handlers in self._services.items():

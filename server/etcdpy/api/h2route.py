@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 from etcdpy.api.cmux import HTTP2_PREFACE, Splice, connect_unix
 
@@ -47,7 +48,9 @@ def first_request(block: bytes) -> tuple[str | None, str]:
         headers = hpack.Decoder().decode(block, raw=True)
     except Exception:  # noqa: BLE001 - hpack raises several kinds; any means "cannot tell"
         return None, ""
-    found = {bytes(name): bytes(value).decode("latin-1") for name, value in headers if name in (b":authority", b":path")}
+    found = {
+        bytes(name): bytes(value).decode("latin-1") for name, value in headers if name in (b":authority", b":path")
+    }
     return found.get(b":authority"), found.get(b":path", "")
 
 
@@ -63,13 +66,21 @@ it goes to the grpcio server directly; any later call on it is served there too 
 only without the native speed-up)."""
 
 
-def choose_upstream(block: bytes, native_path: str, grpcio_path: str) -> str:
-    """The upstream for a connection whose first request carries header block `block`."""
+LOCAL = ""
+"""`choose_upstream`'s answer for "serve it in this process" (`etcdpy.api.h2grpc`)."""
+
+
+def choose_upstream(block: bytes, native_path: str, grpcio_path: str, local: bool = False) -> str:
+    """The upstream for a connection whose first request carries header block `block`.
+
+    With `local`, a stream-first connection is served in this process (LOCAL) instead of
+    by the grpcio server.
+    """
     authority, path = first_request(block)
     if authority is not None and not authority_is_plain(authority):
         return grpcio_path
     if path in STREAM_FIRST_PATHS:
-        return grpcio_path
+        return LOCAL if local else grpcio_path
     return native_path
 
 
@@ -87,9 +98,10 @@ def header_block_fragment(flags: int, payload: bytes) -> bytes:
 class H2Router(asyncio.Protocol):
     """The client side of one plain gRPC connection until its upstream is chosen (see module doc)."""
 
-    def __init__(self, native_path: str, grpcio_path: str) -> None:
+    def __init__(self, native_path: str, grpcio_path: str, local: Callable[[], asyncio.Protocol] | None = None) -> None:
         self.native_path = native_path
         self.grpcio_path = grpcio_path
+        self.local = local
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.out: list[bytes] = []
@@ -115,10 +127,28 @@ class H2Router(asyncio.Protocol):
             self.transport.abort()
             return
         path = self._scan()
-        if path is not None:
+        if path == LOCAL and self.local is not None:
+            self._hand_over(self.local())
+        elif path is not None:
             assert self.transport is not None
             self.transport.pause_reading()
             self.task = asyncio.ensure_future(self._connect(path))
+
+    def _hand_over(self, proto: asyncio.Protocol) -> None:
+        """Give the connection to an in-process HTTP/2 server, replaying what was read.
+
+        That server sends its own SETTINGS; if the client's acknowledgement of the front's
+        empty SETTINGS has not gone by yet, it reaches the new server, which finds no
+        change pending and ignores it.
+        """
+        transport = self.transport
+        assert transport is not None
+        data = b"".join(self.out) + bytes(self.buf)
+        self.out, self.buf = [], bytearray()
+        self.routing = False
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        proto.data_received(data)
 
     def _frames(self) -> list[tuple[int, int, bytes]]:
         """Whole frames at the front of the buffer (preface passed on as is), removed from it."""
@@ -155,7 +185,7 @@ class H2Router(asyncio.Protocol):
             else:
                 continue
             if flags & FLAG_END_HEADERS:
-                path = choose_upstream(self.block, self.native_path, self.grpcio_path)
+                path = choose_upstream(self.block, self.native_path, self.grpcio_path, self.local is not None)
         return path
 
     def _filter(self, data: bytes) -> None:

@@ -42,7 +42,8 @@ from etcdpy.api.auth import AdminInterceptor
 from etcdpy.api.cmux import BindError, ClientFront, InternalAddress, bind_listeners, front_mode, listen_unix
 from etcdpy.api.grpcbackend import DEFAULT_BACKEND, ServiceRegistry, new_server, resolve_backend
 from etcdpy.api.grpcmetrics import counted_handler
-from etcdpy.api.grpcserver import ListenError, bind_client_url, grpc_options, register_services
+from etcdpy.api.grpcserver import GRPC_OVERHEAD_BYTES, ListenError, bind_client_url, grpc_options, register_services
+from etcdpy.api.h2grpc import H2GrpcServer, stream_server_mode
 from etcdpy.api.http import EtcdHttpApi
 from etcdpy.config import url_host_port
 from etcdpy.metrics import build_registry
@@ -67,6 +68,8 @@ class Listeners:
         self.grpc_tls: grpc.aio.Server | None = None
         """A grpcio server for what the native one cannot serve (TLS, a second port); None if unneeded."""
         self._services: ServiceRegistry | None = None
+        self.stream_server: H2GrpcServer | None = None
+        """Serves the connections that open with a Watch or LeaseKeepAlive stream (native, in-process front)."""
         self._socket_dir: str | None = None
         self.front: ClientFront | None = None
         self._http_internal: InternalAddress | None = None
@@ -171,7 +174,13 @@ class Listeners:
         if self._grpc_for("https").add_insecure_port(alt.grpc_target) == 0:
             raise ListenError(f"cannot listen on internal socket {alt.grpc_target}")
         native, grpcio = _unix_path(native_target), alt.path
-        return lambda: H2Router(native, grpcio)
+        local = None
+        if stream_server_mode(os.environ) == "h2":
+            assert self._services is not None
+            cfg = self.server.cfg
+            self.stream_server = H2GrpcServer(self._services.handlers(), cfg.max_request_bytes + GRPC_OVERHEAD_BYTES)
+            local = self.stream_server.protocol
+        return lambda: H2Router(native, grpcio, local)
 
     def _bind_metrics(self) -> None:
         cfg = self.server.cfg
@@ -219,9 +228,15 @@ class Listeners:
             fronted = self.mode == "inproc" or (self.mode == "process" and not secure)
             self.log.info(
                 "serving client traffic securely" if secure else "serving client traffic insecurely",
-                extra={"fields": {"address": url, "http-endpoints": fronted,
-                                  "front": self.mode if fronted else "none",
-                                  "grpc-server": "grpcio" if secure else self.backend}},
+                extra={
+                    "fields": {
+                        "address": url,
+                        "http-endpoints": fronted,
+                        "front": self.mode if fronted else "none",
+                        "grpc-server": "grpcio" if secure else self.backend,
+                        "stream-server": "h2" if self.stream_server is not None and not secure else "grpc",
+                    }
+                },
             )
         for url in cfg.listen_metrics_urls:
             self.log.info("serving metrics", extra={"fields": {"address": url}})
@@ -230,6 +245,8 @@ class Listeners:
         """Stop accepting, then let in-flight RPCs finish within `grace` seconds."""
         if self.front is not None:
             await self.front.close()
+        if self.stream_server is not None:
+            self.stream_server.close()
         for srv in self._servers:
             srv.close()
         stopping = [g.stop(grace) for g in (self.grpc, self.grpc_tls) if g is not None]
