@@ -70,3 +70,52 @@ def test_server_turns_grpc_fork_handlers_off_unless_the_user_chose(monkeypatch: 
     monkeypatch.setenv("GRPC_ENABLE_FORK_SUPPORT", "true")
     _no_grpc_fork_handlers()
     assert os.environ["GRPC_ENABLE_FORK_SUPPORT"] == "true"
+
+
+def test_native_servers_stream_fallback_is_our_h2_server() -> None:
+    """A stream on a connection pygrpc-native serves is relayed to the H2GrpcServer, not to grpc.aio.
+
+    The unary call goes first, so the connection is the native server's (the usual client:
+    one connection for everything); the bidirectional call on it must then reach our
+    fallback, which has one connection open (pygrpc-native's relay) while it answers.
+    """
+    import asyncio
+
+    from etcdpy.api.grpcbackend import native_server
+    from etcdpy.api.h2grpc import H2GrpcServer
+
+    seen: list[int] = []
+
+    async def unary(request: bytes, context: Any) -> bytes:
+        return b"u:" + request
+
+    async def chat(requests: Any, context: Any) -> Any:
+        async for req in requests:
+            seen.append(len(streams.connections))
+            yield b"s:" + req
+
+    handlers = {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Chat": grpc.stream_stream_rpc_method_handler(chat),
+    }
+    streams = H2GrpcServer({f"/t.S/{k}": h for k, h in handlers.items()}, 1 << 20)
+
+    async def main() -> None:
+        server = native_server([], streams)
+        server.add_registered_method_handlers("t.S", handlers)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                assert await ch.unary_unary("/t.S/Unary")(b"a", timeout=10) == b"u:a"
+                call = ch.stream_stream("/t.S/Chat")()
+                for i in range(3):
+                    await call.write(str(i).encode())
+                    assert await asyncio.wait_for(call.read(), 10) == b"s:" + str(i).encode()
+                await call.done_writing()
+        finally:
+            await server.stop(1)
+
+    asyncio.run(main())
+    assert seen and all(n >= 1 for n in seen), seen
+    assert not streams.connections  # stopped with the native server

@@ -11,9 +11,11 @@ Two backends take the same servicers and options; ``native`` is the default:
   Its documented differences from grpcio and how etcdpy handles each:
 
   * Unary and server-streaming methods are served natively; client-streaming and
-    bidirectional ones (Watch, LeaseKeepAlive) go to a grpc.aio server it starts behind
-    itself on a unix socket. They behave as on grpcio (same handlers, same options), only
-    not faster, and `peer()` there is the socket: etcdpy uses peer() nowhere.
+    bidirectional ones (Watch, LeaseKeepAlive) are relayed (in Rust) to a unix socket where
+    pygrpc-native would start a grpc.aio server. etcdpy serves that socket with its own
+    HTTP/2 server instead (`etcdpy.api.h2grpc`, `native_server`), which writes a stream's
+    messages in batches rather than one grpc.aio write each; ``ETCDPY_STREAM_SERVER=grpcio``
+    restores pygrpc-native's own. `peer()` there is the socket: etcdpy uses peer() nowhere.
   * Interceptors run in Python on every call, natively served ones included. etcdpy
     therefore registers none: the metrics counters and the root-only guard of
     Maintenance/Cluster are wrapped around each method handler once (`register_services`).
@@ -44,11 +46,15 @@ keeps running the compat suite on grpcio too.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
+
+from etcdpy.api.h2grpc import H2GrpcServer
 
 BACKENDS = ("grpcio", "native")
 DEFAULT_BACKEND = "native"
@@ -76,13 +82,59 @@ def resolve_backend(flag: str | None, environ: Mapping[str, str] | None = None) 
     return value
 
 
-def new_server(backend: str, options: Sequence[tuple[str, Any]]) -> grpc.aio.Server:
-    """An un-started asyncio gRPC server of `backend`, without interceptors (see module doc)."""
-    if backend == "native":
-        import pygrpc_native.aio
+def new_server(
+    backend: str, options: Sequence[tuple[str, Any]], stream_server: H2GrpcServer | None = None
+) -> grpc.aio.Server:
+    """An un-started asyncio gRPC server of `backend`, without interceptors (see module doc).
 
-        return pygrpc_native.aio.server(options=list(options))
+    With `stream_server` (native only), the bidirectional streams pygrpc-native passes on
+    are served by it instead of by a grpc.aio server (`native_server`).
+    """
+    if backend == "native":
+        return native_server(options, stream_server)
     return grpc.aio.server(options=list(options))
+
+
+def native_server(options: Sequence[tuple[str, Any]], stream_server: H2GrpcServer | None) -> grpc.aio.Server:
+    """pygrpc-native's server; its fallback for streams is `stream_server` when given.
+
+    pygrpc-native relays the methods it cannot serve (client and bidirectional streams) over
+    HTTP/2 to a unix socket, where it starts a grpc.aio server of its own. That relay runs in
+    Rust, outside the GIL, but grpc.aio costs a poller round trip per message, which is what a
+    watch fan-out has most of. Our HTTP/2 server (`etcdpy.api.h2grpc`) batches those writes,
+    so it takes the fallback's place: same socket, same relay. This overrides one private
+    method of the pinned 0.5.0 (`_start_fallback`); tests/unit/test_grpcbackend.py checks
+    that the pinned version still has the attributes it uses.
+    """
+    import pygrpc_native.aio
+
+    if stream_server is None:
+        return pygrpc_native.aio.server(options=list(options))
+    streams: H2GrpcServer = stream_server
+
+    class NativeServer(pygrpc_native.aio.Server):  # type: ignore[misc]
+        async def _start_fallback(self, streamed: Any, generic: Any) -> None:
+            directory = tempfile.mkdtemp(prefix="etcdpy-streams-")
+            path = os.path.join(directory, "fallback.sock")
+            listener = await asyncio.get_running_loop().create_unix_server(streams.protocol, path=path)
+            self._fallback = _Fallback(listener, streams)
+            self._fallback_dir = directory
+            assert self._front is not None
+            self._front.set_fallback(path)
+
+    return NativeServer(options=list(options))
+
+
+class _Fallback:
+    """What pygrpc-native keeps of its fallback server: something with `stop(grace)`."""
+
+    def __init__(self, listener: asyncio.AbstractServer, stream_server: H2GrpcServer) -> None:
+        self.listener = listener
+        self.stream_server = stream_server
+
+    async def stop(self, grace: float | None) -> None:
+        self.listener.close()
+        self.stream_server.close()
 
 
 class ServiceRegistry:

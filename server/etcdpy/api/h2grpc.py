@@ -8,15 +8,16 @@ thousand watchers that is tens of thousands of round trips a second, all on the 
 thread (the fan-out profile put 50-60 % of the loop there, and the relay of the
 connection's bytes another 12 %). Here a write only frames the message and appends it
 to its stream's buffer; once per loop pass every stream's buffer goes out as DATA
-frames (as many messages per frame as fit) in one socket write. The connection is
-taken over from the client-port front in the same process (no relay).
+frames (as many messages per frame as fit) in one socket write.
 
 What is served: every method of the registered services, by the same (already wrapped)
 handlers as on the other servers, with a `ServicerContext` that has what etcdpy's
-handlers use (metadata, deadline, abort, codes, trailing metadata). The front hands a
-connection over when its first request is a Watch or LeaseKeepAlive stream
-(`etcdpy.api.h2route`), so most calls here are streams, but a unary call on such a
-connection is answered as well.
+handlers use (metadata, deadline, abort, codes, trailing metadata). It is reached two
+ways, both only with the native backend: the client-port front hands it a whole
+connection, in the same process and without a relay, when the connection's first request
+is a Watch or LeaseKeepAlive stream (`etcdpy.api.h2route`; a later unary call on it is
+answered here too); and pygrpc-native relays to it the streams of the connections it
+serves itself (`etcdpy.api.grpcbackend.native_server`).
 
 HTTP/2 itself (frames, HPACK, flow control, settings, pings) is the `h2` library's.
 gRPC over it, as in the gRPC HTTP/2 protocol document: request headers (``:path``,
@@ -252,8 +253,11 @@ class _Call:
 
     def data_received(self, data: bytes, flow_len: int) -> None:
         """Split complete messages off the received bytes; reopen the window unless many wait."""
-        self.inbuf += data
         self.unacked += flow_len
+        if self.trailers is not None or self.finished:
+            self.ack()  # the call is over: what still arrives is dropped
+            return
+        self.inbuf += data
         limit = self.conn.max_receive
         while len(self.inbuf) >= MESSAGE_PREFIX:
             length = int.from_bytes(self.inbuf[1:5], "big")

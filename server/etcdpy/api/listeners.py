@@ -147,7 +147,7 @@ class Listeners:
         assert self._services is not None
         if self.backend != "native" or (scheme != "https" and self.grpc is None):
             if self.grpc is None:
-                self.grpc = new_server(self.backend, grpc_options(self.server.cfg))
+                self.grpc = new_server(self.backend, grpc_options(self.server.cfg), self._stream_server())
                 self._services.add_to(self.grpc)
             return self.grpc
         if self.grpc_tls is None:
@@ -174,13 +174,23 @@ class Listeners:
         if self._grpc_for("https").add_insecure_port(alt.grpc_target) == 0:
             raise ListenError(f"cannot listen on internal socket {alt.grpc_target}")
         native, grpcio = _unix_path(native_target), alt.path
-        local = None
-        if stream_server_mode(os.environ) == "h2":
+        stream_server = self._stream_server()
+        local = stream_server.protocol if stream_server is not None else None
+        return lambda: H2Router(native, grpcio, local)
+
+    def _stream_server(self) -> H2GrpcServer | None:
+        """The in-process server of bidirectional streams (native backend only), made once.
+
+        It serves pygrpc-native's stream fallback and, behind an in-process front, whole
+        connections that open with a stream (`etcdpy.api.h2grpc`).
+        """
+        if self.backend != "native" or stream_server_mode(os.environ) != "h2":
+            return None
+        if self.stream_server is None:
             assert self._services is not None
             cfg = self.server.cfg
             self.stream_server = H2GrpcServer(self._services.handlers(), cfg.max_request_bytes + GRPC_OVERHEAD_BYTES)
-            local = self.stream_server.protocol
-        return lambda: H2Router(native, grpcio, local)
+        return self.stream_server
 
     def _bind_metrics(self) -> None:
         cfg = self.server.cfg
