@@ -670,25 +670,33 @@ class EtcdServer:
         try:
             self.raft.propose(data, dropped)
         except ProposalDropped:
-            self.metrics.proposals_failed += 1
-            self.wait.trigger(req_id, None)
-            raise (errors.ErrNoLeader() if self.lead == NONE else errors.ErrTimeout()) from None
+            self._abandon(req_id)
+            raise self._refused() from None
         try:
             result: ApplyResult | None = await fut  # fails with TimeoutError after request_timeout
             if result is _DROPPED:
-                raise errors.ErrNoLeader() if self.lead == NONE else errors.ErrTimeout()
+                raise self._refused()
         except TimeoutError:
-            self.metrics.proposals_failed += 1
-            self.wait.trigger(req_id, None)
+            self._abandon(req_id)
             raise self._timeout_error(start) from None
         except asyncio.CancelledError:
-            self.wait.trigger(req_id, None)
+            self._abandon(req_id, failed=False)
             raise
         if result is None:
             raise errors.ErrStopped()
         if result.err is not None:
             raise result.err
         return result
+
+    def _abandon(self, req_id: int, failed: bool = True) -> None:
+        """Stop waiting for a proposal; a failed one counts in proposals_failed_total (a cancelled caller does not)."""
+        if failed:
+            self.metrics.proposals_failed += 1
+        self.wait.trigger(req_id, None)
+
+    def _refused(self) -> errors.EtcdError:
+        """What a proposal the raft loop refused answers: no leader, or a timeout while there is one (etcd)."""
+        return errors.ErrNoLeader() if self.lead == NONE else errors.ErrTimeout()
 
     def _open_auth_store(self, kv: KVStore) -> AuthStore:
         """The auth store on the KV backend; its changes are applied by the applier's auth hook."""
