@@ -285,6 +285,23 @@ def test_etcdctl_watch_prev_kv(member: Member, client: GrpcClient, prefix: str, 
     ]
 
 
+def test_etcdctl_watch_keeps_retrying_when_its_member_stops(fresh_member: Member, etcdctl_watch: Any) -> None:
+    """A stopping member ends its watch streams so that clientv3 retries instead of giving up.
+
+    etcd's clients take Unavailable as "try again" (and resume from the last revision they
+    saw); other codes end the watch with "watch is canceled by the server". grpc-go of
+    etcdctl 3.5's age reports Unknown for streams of a connection closed after a GOAWAY, so
+    a server that says GOAWAY before closing makes etcdctl exit here; etcd does not.
+    """
+    m = fresh_member
+    w = etcdctl_watch(m, "/stop/", "--prefix", f"--rev={current_revision(m) + 1}")
+    m.etcdctl("put", "/stop/a", "1")
+    assert w.lines(3) == ["PUT", "/stop/a", "1"]
+    m.stop()
+    time.sleep(3)  # etcdctl gives up at once when it does; a retrying one keeps running
+    assert w.proc.poll() is None, w.proc.stderr.read() if w.proc.stderr else ""
+
+
 def test_etcdctl_watch_compacted_revision_is_refused(fresh_member: Member) -> None:
     m = fresh_member
     for v in ("1", "2", "3"):
