@@ -227,7 +227,6 @@ class _Call:
         self.handler = handler
         self.metadata = decode_metadata(headers)
         self.deadline: float | None = None
-        self.compressed_ok = True
         for name, value in headers:
             if name == b"grpc-timeout":
                 seconds = parse_timeout(value)
@@ -326,9 +325,7 @@ class _Call:
         if not self.headers_sent:
             self.send_headers()
         out = self.out
-        out += b"\x00"
-        out += len(payload).to_bytes(4, "big")
-        out += payload
+        out += frame_message(payload)
         self.conn.want_flush(self)
         if len(out) > HIGH_WATER:
             self.drained.clear()
