@@ -104,7 +104,7 @@ def native_server(options: Sequence[tuple[str, Any]], stream_server: H2GrpcServe
     watch fan-out has most of. Our HTTP/2 server (`etcdpy.api.h2grpc`) batches those writes,
     so it takes the fallback's place: same socket, same relay. This overrides one private
     method of the pinned 0.5.0 (`_start_fallback`); tests/unit/test_grpcbackend.py checks
-    that the pinned version still has the attributes it uses.
+    that a stream on a natively served connection still reaches our server.
     """
     import pygrpc_native.aio
 

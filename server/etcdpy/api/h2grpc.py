@@ -345,7 +345,7 @@ class _Call:
         self.conn.want_flush(self)
 
     def fail_now(self, code: grpc.StatusCode, details: str) -> None:
-        """End the call from the transport side (bad request data): trailers, then stop the handler."""
+        """End the call from the transport side (bad request data, deadline): trailers, then stop the handler."""
         self.context._code, self.context._details = code, details
         self.finish(code, details)
         self.stop_handler()
@@ -371,9 +371,7 @@ class _Call:
     def deadline_passed(self) -> None:
         self.timer = None
         if not self.finished and not self.cancelled:
-            self.context._code, self.context._details = grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"
-            self.finish(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
-            self.stop_handler()
+            self.fail_now(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
 
 
 class H2GrpcConnection(asyncio.Protocol):

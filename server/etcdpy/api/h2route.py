@@ -60,10 +60,11 @@ def first_authority(block: bytes) -> str | None:
 
 
 STREAM_FIRST_PATHS = ("/etcdserverpb.Watch/Watch", "/etcdserverpb.Lease/LeaseKeepAlive")
-"""Bidirectional methods: pygrpc-native relays them to a grpcio server behind itself (a second
+"""Bidirectional methods: pygrpc-native relays them to the stream server behind itself (a second
 hop). A connection that starts with one is most likely a watch or keep-alive connection, so
-it goes to the grpcio server directly; any later call on it is served there too (correct,
-only without the native speed-up)."""
+it is served in this process by `etcdpy.api.h2grpc` (or, with ``ETCDPY_STREAM_SERVER=grpcio``,
+by the grpcio server); any later call on it is served there too (correct, only without the
+native speed-up)."""
 
 
 LOCAL = ""

@@ -69,7 +69,8 @@ class Listeners:
         """A grpcio server for what the native one cannot serve (TLS, a second port); None if unneeded."""
         self._services: ServiceRegistry | None = None
         self.stream_server: H2GrpcServer | None = None
-        """Serves the connections that open with a Watch or LeaseKeepAlive stream (native, in-process front)."""
+        """etcdpy's HTTP/2 stream server (native backend): pygrpc-native's stream fallback, and the
+        connections that open with a Watch or LeaseKeepAlive stream (in-process front)."""
         self._socket_dir: str | None = None
         self.front: ClientFront | None = None
         self._http_internal: InternalAddress | None = None
