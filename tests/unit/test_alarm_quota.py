@@ -19,7 +19,7 @@ from etcdpy.pb import raft_internal_pb2 as rip
 from etcdpy.pb import rpc_pb2 as pb
 from etcdpy.server.alarm import CORRUPT, NOSPACE, AlarmApplier, AlarmStore, alarm_string
 from etcdpy.server.apply import Applier
-from etcdpy.server.quota import COST_BOUND_PER_BYTE, BackendQuota, cost
+from etcdpy.server.quota import COST_BOUND_PER_BYTE, REQUEST_ENVELOPE_BYTES, BackendQuota, cost
 
 AR = pb.AlarmRequest
 
@@ -98,6 +98,25 @@ def test_quota_available_and_size_cache() -> None:
     q.invalidate()
     assert q.available(_put())
     assert BackendQuota(lambda: 0, 0).max_bytes == 2 * 1024**3
+
+
+def test_quota_far_below_its_limit_does_not_look_at_the_request() -> None:
+    """With --max-request-bytes known, a size far enough below the quota passes any request unread;
+    closer to the quota, the request's own cost decides again."""
+
+    class Unreadable:
+        def ByteSize(self) -> int:  # noqa: N802 - protobuf's name
+            raise AssertionError("the request was looked at")
+
+    envelope = COST_BOUND_PER_BYTE * (1000 + REQUEST_ENVELOPE_BYTES)
+    far = BackendQuota(lambda: 5000, 5000 + envelope + 1, max_request_bytes=1000)
+    assert far.available(Unreadable())  # type: ignore[arg-type]
+    near = BackendQuota(lambda: 5000, 5000 + envelope, max_request_bytes=1000)
+    with pytest.raises(AssertionError, match="looked at"):
+        near.available(Unreadable())  # type: ignore[arg-type]
+    assert near.available(_put(b"k", b"x"))
+    tight = BackendQuota(lambda: 5000, 5300, max_request_bytes=1000)
+    assert not tight.available(_put(b"k", b"x" * 100))  # 5000 + 256 + 101 >= 5300
 
 
 # ---------------------------------------------------------------------------- alarm applier

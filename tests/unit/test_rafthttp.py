@@ -50,7 +50,7 @@ from etcdpy.rafthttp import (
     encode_message,
     fetch_members,
 )
-from etcdpy.rafthttp.codec import uvarint
+from etcdpy.pb.wire import uvarint
 from etcdpy.rafthttp.common import ERR_MEMBER_REMOVED, METHOD_STREAM
 
 MT = MessageType

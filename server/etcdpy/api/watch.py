@@ -39,6 +39,7 @@ from etcdpy import errors
 from etcdpy.api.auth import auth_info, check_watch_permitted, watch_cancel_reason
 from etcdpy.api.status import refuse_stream_on_learner, status_code
 from etcdpy.pb import kv_pb2, rpc_pb2
+from etcdpy.pb.wire import uvarint
 from etcdpy.raft.types import NONE
 from etcdpy.server.etcdserver import EtcdServer
 from etcdpy.watch import INVALID_WATCH_ID, SharedEvents, WatchError, WatchResponse, WatchStream, filter_types
@@ -66,17 +67,6 @@ _WATCH_ID_TAG = b"\x10"  # field 2, varint
 _CANCELED_TRUE = b"\x20\x01"  # field 4
 _COMPACT_REV_TAG = b"\x28"  # field 5, varint
 _FRAGMENT_TRUE = b"\x38\x01"  # field 7
-
-
-def _varint(n: int) -> bytes:
-    """Protobuf base-128 varint; negative int64 values take ten bytes, as on the wire."""
-    n &= 0xFFFFFFFFFFFFFFFF
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _serialize(msg: Any) -> bytes:
@@ -108,8 +98,8 @@ def encode_events(evs: Sequence[kv_pb2.Event], shared: SharedEvents | None, prev
                 pkv = read_prev(ev)
                 if pkv is not None:
                     pb = pkv.SerializeToString()
-                    body += _PREV_KV_TAG + _varint(len(pb)) + pb
-            entry = _EVENTS_TAG + _varint(len(body)) + body
+                    body += _PREV_KV_TAG + uvarint(len(pb)) + pb
+            entry = _EVENTS_TAG + uvarint(len(body)) + body
             cache[ck] = entry
         out.append(entry)
     return out
@@ -283,11 +273,11 @@ class ServerWatchStream:
     def _encode(self, resp: WatchResponse) -> list[bytes]:
         """One WatchResponse as wire bytes (several if fragmented)."""
         hdr = self._header(resp.revision)
-        prefix = _HEADER_TAG + _varint(len(hdr)) + hdr
+        prefix = _HEADER_TAG + uvarint(len(hdr)) + hdr
         if resp.watch_id:
-            prefix += _WATCH_ID_TAG + _varint(resp.watch_id)
+            prefix += _WATCH_ID_TAG + uvarint(resp.watch_id)
         if resp.compact_revision:
-            prefix += _CANCELED_TRUE + _COMPACT_REV_TAG + _varint(resp.compact_revision)
+            prefix += _CANCELED_TRUE + _COMPACT_REV_TAG + uvarint(resp.compact_revision)
         if not resp.events:
             return [prefix]
         wid = resp.watch_id

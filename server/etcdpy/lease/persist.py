@@ -13,6 +13,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from etcdpy.pb.wire import uvarint
+
 _U64 = struct.Struct(">Q")
 _MASK64 = (1 << 64) - 1
 _VARINT = 0
@@ -40,8 +42,8 @@ def encode(rec: LeaseRecord) -> bytes:
     out = bytearray()
     for field_no, value in ((1, rec.id), (2, rec.ttl), (3, rec.remaining_ttl)):
         if value:
-            out += _varint(field_no << 3 | _VARINT)
-            out += _varint(value & _MASK64)
+            out += uvarint(field_no << 3 | _VARINT)
+            out += uvarint(value & _MASK64)
     return bytes(out)
 
 
@@ -68,18 +70,6 @@ def decode(data: bytes) -> LeaseRecord:
     if pos != len(data):
         raise ValueError("lease record: truncated")
     return LeaseRecord(id=fields[1], ttl=fields[2], remaining_ttl=fields[3])
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:

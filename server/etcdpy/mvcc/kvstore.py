@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from rocksdict import ReadOptions, WriteBatch
 
@@ -55,6 +55,7 @@ from etcdpy.mvcc.backend import (
 )
 from etcdpy.mvcc.key_index import KeyIndex, RevisionNotFound, TreeIndex
 from etcdpy.mvcc.revision import Revision, bytes_to_rev, is_tombstone, rev_to_bytes
+from etcdpy.mvcc.value_cache import ValueCache
 from etcdpy.pb.kv_pb2 import Event, KeyValue
 
 _U64 = struct.Struct(">Q")
@@ -111,10 +112,13 @@ class KVStore:
         self.restore_generation = 0
         # Called as fn(revision, events) after every committed txn that changed something (watch).
         self._observers: list[Callable[[int, Sequence[Event]], None]] = []
+        self._cache = ValueCache()
+        """Recently written or read values by revision key (see `etcdpy.mvcc.value_cache`)."""
         self._reset_memory()
         self._restore()
 
     def _reset_memory(self) -> None:
+        self._cache.clear()
         self._index = TreeIndex()
         self._current_rev = 1
         self._compact_rev = -1
@@ -212,6 +216,7 @@ class KVStore:
         self._txn = None
         self._compactions.clear()
         self.end_deferred()
+        self._cache.clear()
         self._raw_backend.close()
 
     # -- open / rebuild -------------------------------------------------------
@@ -291,11 +296,13 @@ class KVStore:
         return RangeResult(self._load(revs), total, cur_rev)
 
     def range_plan(
-        self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0
-    ) -> tuple[Callable[[], list[KeyValue]], int, int, bool]:
+        self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0, raw: bool = False
+    ) -> tuple[Callable[[], list[Any]], int, int, bool]:
         """A Range split for big answers: (load, count, rev, small), `load` safe on a worker thread.
 
-        `small` says the values were loaded already (not worth a thread hop).
+        `small` says the values were loaded already (not worth a thread hop). With `raw`,
+        `load` returns the stored KeyValues still serialized (bytes), for an answer that
+        passes them on as they are.
 
         The revisions are looked up in the index now (cheap), and the values are read
         through an iterator created now, so `load()` sees exactly this moment even if a
@@ -311,44 +318,68 @@ class KVStore:
             raise ErrCompacted()
         revs, total = self._index.revisions(key, end, rev, limit)
         if len(revs) < LOAD_IN_WORKER_MIN:
-            kvs = self._load(revs)
-            return (lambda: kvs), total, cur_rev, True
+            loaded: list[Any] = self._load_raw(revs) if raw else self._load(revs)
+            return (lambda: loaded), total, cur_rev, True
         it = self._backend.db.iter(ReadOptions())
 
-        def load() -> list[KeyValue]:
-            parse = KeyValue.FromString
+        def load() -> list[Any]:
             out = []
             for r in revs:
                 k = _KEY_PREFIX + rev_to_bytes(r.main, r.sub)
                 it.seek(k)
                 if not it.valid() or it.key() != k:
                     raise RuntimeError(f"mvcc: index points to missing revision {tuple(r)}")
-                out.append(parse(it.value()))
-            return out
+                out.append(it.value())
+            if raw:
+                return out
+            parse = KeyValue.FromString
+            return [parse(v) for v in out]
 
         return load, total, cur_rev, False
 
     def _load(self, revs: list[Revision]) -> list[KeyValue]:
         """Fetch and decode the KeyValues stored at live (non-tombstone) revisions."""
+        parse = KeyValue.FromString
+        return [parse(v) for v in self._load_raw(revs)]
+
+    def _load_raw(self, revs: list[Revision]) -> list[bytes]:
+        """The serialized KeyValues stored at live revisions: from the cache, staged writes or RocksDB."""
         if not revs:
             return []
+        cached = self._cache.get
+        if len(revs) == 1:
+            r = revs[0]
+            k = _KEY_PREFIX + rev_to_bytes(r.main, r.sub)
+            v = cached(k)
+            if v is None:
+                v = self._fetch([k])[0]
+                if v is None:
+                    raise RuntimeError(f"mvcc: index points to missing revision {tuple(r)}")
+                self._cache.add(k, v)
+            return [v]
+        keys = [_KEY_PREFIX + rev_to_bytes(r.main, r.sub) for r in revs]
+        vals = [cached(k) for k in keys]
+        missing = [i for i, v in enumerate(vals) if v is None]
+        if missing:
+            fetched = self._fetch([keys[i] for i in missing])
+            add = self._cache.add
+            for i, v in zip(missing, fetched):
+                if v is None:
+                    raise RuntimeError(f"mvcc: index points to missing revision {tuple(revs[i])}")
+                vals[i] = v
+                add(keys[i], v)
+        return vals  # type: ignore[return-value]  # no None is left
+
+    def _fetch(self, keys: list[bytes]) -> list[bytes | None]:
+        """Stored values of revision keys, including writes staged but not yet flushed to RocksDB."""
         db = self._raw_backend.db
         staged = self._unflushed
         if staged:
-            keys = [_KEY_PREFIX + rev_to_bytes(r.main, r.sub) for r in revs]
-            vals = [staged[k] if k in staged else db.get(k) for k in keys]
-        elif len(revs) == 1:
-            r = revs[0]
-            vals = [db.get(_KEY_PREFIX + rev_to_bytes(r.main, r.sub))]
-        else:
-            vals = db.get([_KEY_PREFIX + rev_to_bytes(r.main, r.sub) for r in revs])
-        parse = KeyValue.FromString
-        out = []
-        for r, v in zip(revs, vals):
-            if v is None:
-                raise RuntimeError(f"mvcc: index points to missing revision {tuple(r)}")
-            out.append(parse(v))
-        return out
+            return [staged[k] if k in staged else db.get(k) for k in keys]
+        if len(keys) == 1:
+            return [db.get(keys[0])]
+        got: list[bytes | None] = db.get(keys)
+        return got
 
     def events(self, start_rev: int, end_rev: int = 0, limit: int = 0) -> list[Event]:
         """Stored changes with start_rev <= revision < end_rev (0 = to the end), in order.
@@ -573,6 +604,7 @@ class KVStore:
 
     def _adopt(self, staged: KVStore) -> None:
         """Take over the memory state a staged store built from the same files."""
+        self._cache.clear()
         self._index = staged._index
         self._current_rev = staged._current_rev
         self._compact_rev = staged._compact_rev
@@ -703,6 +735,8 @@ class TxnWrite:
         self._index_ops: list[tuple[bytes, Revision, bool]] = []
         # Latest state in this txn of every key it touched: the KeyValue, or None if deleted.
         self._pending: dict[bytes, KeyValue | None] = {}
+        self._written: list[tuple[bytes, bytes]] = []
+        """(revision key, serialized KeyValue) of each put, for the store's value cache at commit."""
         self._closed = False
 
     def __enter__(self) -> TxnWrite:
@@ -813,7 +847,9 @@ class TxnWrite:
             kv.value = value
         if lease:
             kv.lease = lease
-        self._ops.append((_KEY_PREFIX + rev_to_bytes(rev, sub), kv.SerializeToString()))
+        entry = (_KEY_PREFIX + rev_to_bytes(rev, sub), kv.SerializeToString())
+        self._ops.append(entry)
+        self._written.append(entry)
         self._index_ops.append((key, Revision(rev, sub), False))
         self._pending[key] = kv
         self.changes.append(ev)
@@ -859,6 +895,9 @@ class TxnWrite:
             t0 = time.perf_counter()
             s._raw_backend.db.write(wb)
             s._note_commit(time.perf_counter() - t0)
+        add = s._cache.add
+        for k, v in self._written:
+            add(k, v)
         index = s.index
         for key, r, tomb in self._index_ops:
             if tomb:
@@ -880,6 +919,7 @@ class TxnWrite:
         self._s._txn_done(self)
         self._index_ops.clear()
         self._pending.clear()
+        self._written.clear()
 
 
 __all__ = [

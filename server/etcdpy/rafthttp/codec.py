@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from etcdpy.pb import raft_pb2
+from etcdpy.pb.wire import uvarint
 from etcdpy.raft.types import (
     ConfState,
     Entry,
@@ -33,7 +34,6 @@ from etcdpy.raft.types import (
     SnapshotMetadata,
 )
 
-_SMALL_VARINTS = tuple(bytes((i,)) for i in range(128))
 _MESSAGE_TYPES = tuple(MessageType)
 _ENTRY_TYPES = tuple(EntryType)
 
@@ -49,31 +49,12 @@ class CodecError(ValueError):
     """A peer sent a raft message this member cannot represent (unknown type, bad bytes)."""
 
 
-def uvarint(v: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative int (fast paths for 1 and 2 bytes)."""
-    if v < 0x80:
-        return _SMALL_VARINTS[v]
-    if v < 0x4000:
-        return bytes(((v & 0x7F) | 0x80, v >> 7))
-    out = bytearray()
-    while v >= 0x80:
-        out.append((v & 0x7F) | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
-
-
-def length_delimited(tag: bytes, payload: bytes) -> bytes:
-    """One length-delimited field: tag, length, payload."""
-    return b"".join((tag, uvarint(len(payload)), payload))
-
-
 def encode_entry_field(e: Entry) -> bytes:
     """`e` as a complete raftpb.Message `entries` field (proto3: zero fields left out)."""
     t, term, index, data = e.type, e.term, e.index, e.data
     head = b""
     if t:
-        head = _TAG_ENTRY_TYPE + _SMALL_VARINTS[t]
+        head = _TAG_ENTRY_TYPE + uvarint(t)
     if term:
         head += _TAG_ENTRY_TERM + uvarint(term)
     if index:

@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Protocol
 import grpc
 
 from etcdpy.pb import peer_pb2
+from etcdpy.pb.wire import length_delimited, uvarint
 from etcdpy.raft.types import Message
 
-from .codec import TAG_BATCH_MESSAGES, encode_message, length_delimited, uvarint
+from .codec import TAG_BATCH_MESSAGES, encode_message
 from .common import (
     ERR_MEMBER_REMOVED,
     METHOD_SNAPSHOT,

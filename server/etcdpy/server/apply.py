@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from etcdpy import errors
 from etcdpy.pb import kv_pb2, raft_internal_pb2, rpc_pb2
+from etcdpy.pb.wire import uvarint
 
 if TYPE_CHECKING:  # the store is only needed for type checking; keeps this module importable alone
     from etcdpy.mvcc import Batch, KVStore, RangeResult, TxnWrite
@@ -71,8 +72,13 @@ class _LoadedRange:
     rev: int
 
 _CMP = rpc_pb2.Compare
-_INDEX_TARGETS = frozenset((_CMP.CREATE, _CMP.MOD, _CMP.VERSION))
-"""Compare targets the key index answers without the stored value."""
+_INDEX_TARGETS = {
+    _CMP.MOD: ("mod_revision", 0),
+    _CMP.CREATE: ("create_revision", 1),
+    _CMP.VERSION: ("version", 2),
+}
+"""Compare targets the key index answers without the stored value: the operand's field in
+target_union, and the position in `key_meta`'s (mod_revision, create_revision, version)."""
 
 
 @dataclass
@@ -227,6 +233,39 @@ class Applier:
         if small:
             return finish()
         return await run_in_worker(finish)
+
+    async def range_wire_async(
+        self,
+        req: rpc_pb2.RangeRequest,
+        run_in_worker: Callable[[Callable[[], bytes]], Any],
+        header: rpc_pb2.ResponseHeader,
+    ) -> bytes:
+        """`range_async` answering the encoded RangeResponse, the stored KeyValues passed on undecoded.
+
+        Only for requests `range_passes_values_through` accepts. The stored bytes of a KeyValue
+        are what encoding its decoded copy would give, so skipping the decode, the copy into
+        the response and the encode changes nothing on the wire. `header` gets the revision
+        and is encoded with the answer.
+        """
+        load, count, rev, small = self.store.range_plan(
+            req.key, req.range_end or None, rev=req.revision, limit=_fetch_limit(req), raw=True
+        )
+
+        def finish() -> bytes:
+            values: list[bytes] = load()
+            if req.sort_order == _RR.DESCEND:
+                values = values[::-1]  # keys are unique, so this is exactly the descending key order
+            more = False
+            if req.limit > 0 and len(values) > req.limit:
+                values = values[: req.limit]
+                more = True
+            header.revision = rev
+            return encode_range_response(header.SerializeToString(), values, more, count)
+
+        if small:
+            return finish()
+        data: bytes = await run_in_worker(finish)
+        return data
 
     def txn_read_only(self, req: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
         """A txn of ranges only, served from the local store like a Range (etcd does not log it)."""
@@ -387,11 +426,11 @@ class Applier:
         """applierV3backend.Txn: compares, then checks, then ops — all on the path the compares chose."""
         path = self._compare_to_path(view, rt)
         ops = list(_ops_on_path(rt, iter(path)))
-        for op in ops:
-            if op.WhichOneof("request") == "request_put":
+        for kind, op in ops:
+            if kind == "request_put":
                 self._check_put(view, op.request_put)
-        for op in ops:
-            if op.WhichOneof("request") == "request_range":
+        for kind, op in ops:
+            if kind == "request_range":
                 self._check_range(view, op.request_range)
         resp = self._exec_txn(view, rt, iter(path))
         resp.header.revision = view.rev
@@ -399,9 +438,13 @@ class Applier:
 
     def _compare_to_path(self, view: _View, rt: rpc_pb2.TxnRequest) -> list[bool]:
         """compareToPath: each txn's outcome, pre-order over the branches taken, all on the pre-txn state."""
-        ok = all(self._apply_compare(view, c) for c in rt.compare)
+        ok = True
+        for c in rt.compare[:]:  # a list: iterating a repeated field itself costs about 1 us a loop
+            if not self._apply_compare(view, c):
+                ok = False
+                break
         path = [ok]
-        for op in rt.success if ok else rt.failure:
+        for op in (rt.success if ok else rt.failure)[:]:
             if op.WhichOneof("request") == "request_txn":
                 path.extend(self._compare_to_path(view, op.request_txn))
         return path
@@ -412,11 +455,13 @@ class Applier:
         A single-key compare of a revision or the version (kube-apiserver's every write) needs
         only the index, so the value is not loaded from RocksDB and decoded for it.
         """
-        if not c.range_end and c.target in _INDEX_TARGETS:
+        target = c.target
+        if not c.range_end and target in _INDEX_TARGETS:
             meta = view.key_meta(c.key)
-            if meta is None:
-                return compare_kv(c, kv_pb2.KeyValue())
-            return compare_kv(c, kv_pb2.KeyValue(mod_revision=meta[0], create_revision=meta[1], version=meta[2]))
+            field, position = _INDEX_TARGETS[target]
+            actual = 0 if meta is None else meta[position]  # a missing key compares as a zero KeyValue
+            expected = getattr(c, field) if c.WhichOneof("target_union") == field else 0
+            return _result_holds(c.result, _cmp(actual, expected))
         try:
             kvs = view.range(c.key, c.range_end or None).kvs
         except errors.EtcdError:
@@ -455,8 +500,9 @@ class Applier:
         """applyTxn: run the ops of the branch taken; nested txns consume the path in the same pre-order."""
         resp = rpc_pb2.TxnResponse(succeeded=next(path))
         resp.header.SetInParent()  # nested txns answer with an empty header, as etcd does
-        for op in rt.success if resp.succeeded else rt.failure:
-            out = resp.responses.add()
+        add = resp.responses.add
+        for op in (rt.success if resp.succeeded else rt.failure)[:]:
+            out = add()
             kind = op.WhichOneof("request")
             if kind == "request_range":
                 self._range(view, op.request_range, out.response_range)
@@ -510,20 +556,21 @@ def is_txn_read_only(rt: rpc_pb2.TxnRequest) -> bool:
 
     Stops at the first other op: this runs for every Txn, and writing ones usually say so first.
     """
-    for ops in (rt.success, rt.failure):
+    for ops in (rt.success[:], rt.failure[:]):  # lists: iterating repeated fields themselves is slow
         for op in ops:
             if op.WhichOneof("request") != "request_range":
                 return False
     return True
 
 
-def _ops_on_path(rt: rpc_pb2.TxnRequest, path: Iterator[bool]) -> Iterator[rpc_pb2.RequestOp]:
-    """The non-txn ops that will run, in execution order, following `path` into nested txns."""
-    for op in rt.success if next(path) else rt.failure:
-        if op.WhichOneof("request") == "request_txn":
+def _ops_on_path(rt: rpc_pb2.TxnRequest, path: Iterator[bool]) -> Iterator[tuple[str | None, rpc_pb2.RequestOp]]:
+    """(kind, op) of the non-txn ops that will run, in execution order, following `path` into nested txns."""
+    for op in (rt.success if next(path) else rt.failure)[:]:
+        kind = op.WhichOneof("request")
+        if kind == "request_txn":
             yield from _ops_on_path(op.request_txn, path)
         else:
-            yield op
+            yield kind, op
 
 
 def compare_kv(c: rpc_pb2.Compare, kv: kv_pb2.KeyValue) -> bool:
@@ -546,13 +593,18 @@ def compare_kv(c: rpc_pb2.Compare, kv: kv_pb2.KeyValue) -> bool:
         result = _cmp(kv.version, c.version if given == "version" else 0)
     elif target == _CMP.LEASE:
         result = _cmp(kv.lease, c.lease if given == "lease" else 0)
-    if c.result == _CMP.EQUAL:
+    return _result_holds(c.result, result)
+
+
+def _result_holds(wanted: int, result: int) -> bool:
+    """Whether a comparison's outcome (-1, 0, 1) is the Compare's `result`; an unknown one passes (etcd)."""
+    if wanted == _CMP.EQUAL:
         return result == 0
-    if c.result == _CMP.NOT_EQUAL:
+    if wanted == _CMP.NOT_EQUAL:
         return result != 0
-    if c.result == _CMP.GREATER:
+    if wanted == _CMP.GREATER:
         return result > 0
-    if c.result == _CMP.LESS:
+    if wanted == _CMP.LESS:
         return result < 0
     return True
 
@@ -572,6 +624,42 @@ def _fetch_limit(r: rpc_pb2.RangeRequest) -> int:
     ):
         return 0
     return r.limit + 1 if r.limit > 0 else 0
+
+
+def range_passes_values_through(r: rpc_pb2.RangeRequest) -> bool:
+    """True if a Range's answer is the stored KeyValues as they are, in key order or its reverse.
+
+    Not so for keys_only (values are cleared), count_only (no KeyValues), the revision filters
+    (each KeyValue is looked at) and sorting by anything but the key.
+    """
+    return not (
+        r.keys_only
+        or r.count_only
+        or r.min_mod_revision
+        or r.max_mod_revision
+        or r.min_create_revision
+        or r.max_create_revision
+        or r.sort_target != _RR.KEY
+    )
+
+
+def encode_range_response(header: bytes, kvs: Sequence[bytes], more: bool, count: int) -> bytes:
+    """A RangeResponse's wire bytes from its encoded header and KeyValues, as protobuf writes them.
+
+    Fields in number order (header 1, kvs 2, more 3, count 4), each length-delimited one
+    with its tag and length; `more` and `count` left out when false or zero (proto3).
+    """
+    parts = [b"\x0a", uvarint(len(header)), header]
+    for kv in kvs:
+        parts.append(b"\x12")
+        parts.append(uvarint(len(kv)))
+        parts.append(kv)
+    if more:
+        parts.append(b"\x18\x01")
+    if count:
+        parts.append(b"\x20")
+        parts.append(uvarint(count))
+    return b"".join(parts)
 
 
 def _prune(kvs: list[kv_pb2.KeyValue], r: rpc_pb2.RangeRequest) -> list[kv_pb2.KeyValue]:

@@ -53,7 +53,7 @@ from etcdpy.rafthttp import (
     fetch_members,
     snapshot_db_path,
 )
-from etcdpy.server.apply import Applier, ApplyResult, is_txn_read_only
+from etcdpy.server.apply import Applier, ApplyResult, is_txn_read_only, range_passes_values_through
 from etcdpy.server.apply_auth import AuthApplier
 from etcdpy.server.force_new_cluster import force_new_cluster
 from etcdpy.server.heap import HeapFreezer
@@ -740,13 +740,18 @@ class EtcdServer:
         self.auth_store.is_range_permitted(auth, req.key, req.range_end)
         header = rpc_pb2.ResponseHeader()
         self.fill_header(header, with_revision=False)
+        backend = self.kv.backend
+        if wire and range_passes_values_through(req):
+            if not req.range_end and backend.open_for_loop_reads():
+                return await self.applier.range_wire_async(req, backend.run_in_worker, header)  # as below
+            async with backend.hold():
+                return await self.applier.range_wire_async(req, backend.in_thread, header)
 
         def finalize(resp: rpc_pb2.RangeResponse) -> Any:
             h = resp.header
             h.cluster_id, h.member_id, h.raft_term = header.cluster_id, header.member_id, header.raft_term
             return resp.SerializeToString() if wire else resp
 
-        backend = self.kv.backend
         if not req.range_end and not req.count_only and backend.open_for_loop_reads():
             # One key: planned, loaded and answered right here without an await (range_async's
             # small path), so the DB cannot close meanwhile and needs no hold (were it ever not

@@ -108,7 +108,7 @@ class MaintenanceOps:
         s = self.server
         assert s.kv is not None and s.applier is not None
         self.alarms = AlarmStore(s.kv)
-        self.quota = BackendQuota(s.kv.size, s.cfg.quota_backend_bytes)
+        self.quota = BackendQuota(s.kv.size, s.cfg.quota_backend_bytes, max_request_bytes=s.cfg.max_request_bytes)
         s.applier.alarm = AlarmApplier(s.kv, self.alarms, self.quota, s.applier.apply, self.log)
         try:
             self._compactor = new_compactor(

@@ -40,6 +40,11 @@ least two bytes of encoding and costs its key and value (part of the size) plus 
 a LeaseGrant (at least two bytes) costs LEASE_OVERHEAD. Below the quota by that margin, the
 exact cost need not be computed."""
 
+REQUEST_ENVELOPE_BYTES = 1 << 20
+"""How much a proposed request's encoding may exceed --max-request-bytes: the gRPC layer lets a
+message through 512 KiB over it (so the server can answer etcd's "too large" error), and the
+internal header adds a few bytes."""
+
 SIZE_TTL_SECONDS = 0.1
 """How long a measured backend size is trusted before it is measured again."""
 
@@ -93,8 +98,14 @@ class BackendQuota:
         size_fn: Callable[[], int],
         quota_bytes: int,
         clock: Callable[[], float] = time.monotonic,
+        max_request_bytes: int | None = None,
     ) -> None:
         self.max_bytes = quota_bytes if quota_bytes > 0 else DEFAULT_QUOTA_BACKEND_BYTES
+        self._any_request_cost = (
+            None if max_request_bytes is None else COST_BOUND_PER_BYTE * (max_request_bytes + REQUEST_ENVELOPE_BYTES)
+        )
+        """The most any request that can reach the quota costs (None: unknown); below the quota by
+        this much, a request is not even looked at."""
         self._size_fn = size_fn
         self._clock = clock
         self._size = 0
@@ -120,6 +131,9 @@ class BackendQuota:
         Measuring again in between would make that common here (the size is a directory walk).
         """
         size = self.size() if measure or self._measured_at is None else self._size
+        bound = self._any_request_cost
+        if bound is not None and size + bound < self.max_bytes:
+            return True  # far enough below the quota for the largest request there can be
         if size + COST_BOUND_PER_BYTE * req.ByteSize() < self.max_bytes:
             return True  # whatever it costs, it fits (the usual case: far below the quota)
         c = cost(req)
