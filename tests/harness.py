@@ -117,6 +117,20 @@ def etcdutl_binary() -> str:
     return _reference_tool("etcdutl", "ETCDPY_ETCDUTL_BIN")
 
 
+def reference_etcd_version() -> tuple[int, int, int] | None:
+    """(major, minor, patch) of the reference etcd binary, None if it cannot tell."""
+    try:
+        out = subprocess.run([etcd_binary(), "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        if line.startswith("etcd Version:"):
+            parts = line.split(":", 1)[1].strip().split("-", 1)[0].split(".")
+            if len(parts) == 3 and all(p.isdigit() for p in parts):
+                return int(parts[0]), int(parts[1]), int(parts[2])
+    return None
+
+
 def reference_versions() -> str:
     """One line naming the etcd and etcdctl in use, for pytest's report header."""
     parts = []

@@ -18,7 +18,34 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
-from harness import Member
+from harness import Member, reference_etcd_version, target
+
+ETCD_CRASH_BUGS = (
+    "this etcd can lose acknowledged writes on a one-member cluster killed under load: before "
+    "3.4.21 and 3.5.5 it answers a write before writing it to its WAL (etcd-io/etcd#14370), and "
+    "3.5.0-3.5.2 can skip applied entries on restart (etcd-io/etcd#13766)"
+)
+
+
+def _reference_has_crash_bugs() -> bool:
+    """True when the suite runs against an etcd with the known one-member crash-loss bugs."""
+    if target() != "etcd":
+        return False
+    v = reference_etcd_version()
+    return v is not None and (v < (3, 4, 21) or (3, 5, 0) <= v < (3, 5, 5))
+
+
+def _check_store_or_known_etcd_bug(member: Member, hist: History) -> None:
+    """`_check_store`; on an etcd with the bugs above a failure is reported as that (xfail), never passed over.
+
+    etcdpy, and any etcd without them, must pass every check."""
+    try:
+        _check_store(member, hist)
+    except AssertionError as e:
+        if _reference_has_crash_bugs():
+            pytest.xfail(f"{ETCD_CRASH_BUGS}; here: {e}")
+        raise
+
 
 WRITERS = 8
 LOAD_SECONDS = 2.0
@@ -97,7 +124,7 @@ def test_kill9_during_writes_loses_no_acknowledged_write(fresh_member: Member) -
         _load_then_kill(fresh_member, cycle, hist)
         assert hist.acked, "no write was acknowledged before the kill"
         fresh_member.start()
-        _check_store(fresh_member, hist)
+        _check_store_or_known_etcd_bug(fresh_member, hist)
     # The store keeps accepting writes after the crashes, at the next revision.
     client = fresh_member.grpc()
     before = client.kv.Range(client.pb.RangeRequest(key=b"x")).header.revision
@@ -111,4 +138,4 @@ def test_kill9_many_cycles(fresh_member: Member) -> None:
     for cycle in range(25):
         _load_then_kill(fresh_member, cycle, hist)
         fresh_member.start()
-        _check_store(fresh_member, hist)
+        _check_store_or_known_etcd_bug(fresh_member, hist)
