@@ -472,8 +472,10 @@ async def serve(cfg: ServerConfig, log: logging.Logger) -> int:
         return 1
     await listeners.start()
     from etcdpy.gctuning import tune_after_startup
+    from etcdpy.switchinterval import tune_switch_interval
 
     tune_after_startup()
+    tune_switch_interval()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
