@@ -71,10 +71,13 @@ def _writer(member: Member, wid: int, cycle: int, stop: threading.Event, hist: H
         seq += 1
         try:
             resp = client.kv.Put(pb.PutRequest(key=key, value=value), timeout=5)
-        except grpc.RpcError:
+        except (grpc.RpcError, ValueError):
+            # RpcError: the server is gone, whatever was in flight may or may not have been applied.
+            # ValueError: the harness closed the channel when it killed the member (grpc's "Cannot
+            # invoke RPC on closed channel"); counted as unknown too, though it was never sent.
             with hist.lock:
                 hist.unknown.add(key)
-            return  # the server is gone; whatever was in flight may or may not have been applied
+            return
         with hist.lock:
             hist.acked[key] = (value, resp.header.revision)
 
