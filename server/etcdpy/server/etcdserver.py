@@ -741,24 +741,25 @@ class EtcdServer:
         header = rpc_pb2.ResponseHeader()
         self.fill_header(header, with_revision=False)
         backend = self.kv.backend
-        if wire and range_passes_values_through(req):
-            if not req.range_end and backend.open_for_loop_reads():
-                return await self.applier.range_wire_async(req, backend.run_in_worker, header)  # as below
-            async with backend.hold():
-                return await self.applier.range_wire_async(req, backend.in_thread, header)
 
         def finalize(resp: rpc_pb2.RangeResponse) -> Any:
             h = resp.header
             h.cluster_id, h.member_id, h.raft_term = header.cluster_id, header.member_id, header.raft_term
             return resp.SerializeToString() if wire else resp
 
+        def answer(run_in_worker: Any) -> Any:
+            """The encoded answer from stored bytes where it can be, else the decoded one."""
+            if wire and range_passes_values_through(req):
+                return self.applier.range_wire_async(req, run_in_worker, header)
+            return self.applier.range_async(req, run_in_worker, finalize)
+
         if not req.range_end and not req.count_only and backend.open_for_loop_reads():
-            # One key: planned, loaded and answered right here without an await (range_async's
-            # small path), so the DB cannot close meanwhile and needs no hold (were it ever not
+            # One key: planned, loaded and answered right here without an await (the small
+            # path), so the DB cannot close meanwhile and needs no hold (were it ever not
             # small, run_in_worker takes the hold itself).
-            return await self.applier.range_async(req, backend.run_in_worker, finalize)
+            return await answer(backend.run_in_worker)
         async with backend.hold():  # the DB stays open from the plan to the end of the load
-            return await self.applier.range_async(req, backend.in_thread, finalize)
+            return await answer(backend.in_thread)
 
     async def put(self, req: rpc_pb2.PutRequest, auth: AuthInfo | None = None) -> rpc_pb2.PutResponse:
         resp = await self.process_internal_raft_request(raft_internal_pb2.InternalRaftRequest(put=req), auth)
