@@ -16,7 +16,7 @@ from collections.abc import Callable
 from harness import Cluster
 from linearizability import check_history
 
-from .conftest import ELECTION_TIMEOUT, own_id, wait_new_leader
+from .conftest import ELECTION_TIMEOUT, own_id, wait_new_leader, wait_term_above
 from .workload import Workload, assert_same_hash, check_read_back, summarize, wait_converged
 
 # "Within a few election timeouts": followers notice after one timeout, randomised
@@ -35,10 +35,10 @@ def test_kill_leader_under_load(make_cluster: Callable[..., Cluster]) -> None:
         old.kill(signal.SIGKILL)
         killed_at = time.monotonic()
         survivors = [m for m in cluster.members if m is not old]
-        new, new_status = wait_new_leader(cluster, survivors, own_id(old_status), timeout=ELECTION_DEADLINE + 10)
+        new, _ = wait_new_leader(cluster, survivors, own_id(old_status), timeout=ELECTION_DEADLINE + 10)
         elected_after = time.monotonic() - killed_at
         assert elected_after <= ELECTION_DEADLINE, f"new leader only after {elected_after:.1f}s"
-        assert new_status["raftTerm"] > old_status["raftTerm"]
+        wait_term_above(cluster, new, int(old_status["raftTerm"]), timeout=30)
         workload.wait_progress(200, 30, "after the new leader was elected", since=killed_at)
         workload.stop()
 

@@ -36,7 +36,7 @@ class Recorder:
     def on_read_states(self, states: list[ReadState]) -> None:
         return None
 
-    def on_committed_index(self, index: int, term: int) -> None:
+    def on_committed_index(self, index: int) -> None:
         return None
 
     async def apply_snapshot(self, snap: Snapshot) -> None:

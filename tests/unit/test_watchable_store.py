@@ -564,7 +564,7 @@ from etcdpy.pb import rpc_pb2  # noqa: E402
 
 
 class _FakeProgress:
-    term = 3
+    applied_term = 3
 
 
 class _FakeServer:
@@ -577,7 +577,7 @@ class _FakeServer:
         self.cfg = ServerConfig(election_ms=election_ms, watch_progress_notify_interval=600.0)
 
     def fill_header(self, header: rpc_pb2.ResponseHeader, with_revision: bool = True) -> None:
-        header.cluster_id, header.member_id, header.raft_term = 11, 22, self.progress.term
+        header.cluster_id, header.member_id, header.raft_term = 11, 22, self.progress.applied_term
         if with_revision and header.revision == 0:
             header.revision = self.watchable.rev()
 

@@ -262,7 +262,7 @@ class ServerWatchStream:
 
     def _header(self, rev: int) -> bytes:
         """The encoded header for `rev`, rebuilt only when the revision or term changes."""
-        key = (rev, self.server.progress.term)
+        key = (rev, self.server.progress.applied_term)
         if key != self._hdr_key:
             h = rpc_pb2.ResponseHeader(revision=rev)
             self.server.fill_header(h, with_revision=rev != 0)

@@ -93,7 +93,6 @@ class Progress:
     applied_term: int = 0
     snapshot_index: int = 0
     committed_index: int = 0
-    term: int = 0
     conf_state: ConfState = field(default_factory=ConfState)
 
 
@@ -576,7 +575,6 @@ class EtcdServer:
         storage.set_hard_state(hs)
         storage.append(ents)
         self.progress.committed_index = hs.commit
-        self.progress.term = hs.term
         if cfg.initial_cluster_state == "new" and cfg.initial_cluster:
             self.log.info("found existing data; ignoring --initial-cluster flags")
         node = RawNode(self._raft_config(storage, self.progress.applied_index))
@@ -956,10 +954,15 @@ class EtcdServer:
     # ------------------------------------------------------------------ headers
 
     def fill_header(self, header: rpc_pb2.ResponseHeader, with_revision: bool = True) -> None:
-        """etcd's header: Cluster RPCs carry no revision; everything else the store revision."""
+        """etcd's header: Cluster RPCs carry no revision; everything else the store revision.
+
+        The term is the term of the last applied entry, as etcd's ``EtcdServer.Term`` (set
+        by ``apply``), not raft's current term: right after an election both a header and
+        ``Status.raftTerm`` still show the old term until the new leader's first entry applies.
+        """
         header.cluster_id = self.cluster.cluster_id
         header.member_id = self.member_id
-        header.raft_term = self.progress.term
+        header.raft_term = self.progress.applied_term
         if with_revision and header.revision == 0 and self.kv is not None:
             header.revision = self.kv.current_rev
 
@@ -1042,9 +1045,8 @@ class EtcdServer:
             if fut is not None and not fut.done():
                 fut.set_result(rs.index)
 
-    def on_committed_index(self, index: int, term: int) -> None:
+    def on_committed_index(self, index: int) -> None:
         self.progress.committed_index = max(self.progress.committed_index, index)
-        self.progress.term = term
 
     async def apply_snapshot(self, snap: Snapshot) -> None:
         """Install a snapshot received from the leader: its MVCC store, then everything derived from it.
@@ -1376,7 +1378,7 @@ class EtcdServer:
             dbSize=self.kv.size(),
             leader=self.lead,
             raftIndex=self.progress.committed_index,
-            raftTerm=self.progress.term,
+            raftTerm=self.progress.applied_term,
             raftAppliedIndex=self.progress.applied_index,
             dbSizeInUse=min(self.kv.size_in_use(), self.kv.size()),
             isLearner=bool(self.cluster.get(self.member_id) and self.cluster.members[self.member_id].is_learner),

@@ -61,7 +61,7 @@ class ReadyHandler(Protocol):
 
     def on_read_states(self, states: list[ReadState]) -> None: ...
 
-    def on_committed_index(self, index: int, term: int) -> None: ...
+    def on_committed_index(self, index: int) -> None: ...
 
     def apply_snapshot(self, snap: Snapshot) -> Awaitable[None]: ...
 
@@ -264,7 +264,7 @@ class RaftNode:
             self.storage.append(rd.entries)
         if rd.hard_state is not None and not rd.hard_state.is_empty():
             self.storage.set_hard_state(rd.hard_state)
-            handler.on_committed_index(rd.hard_state.commit, rd.hard_state.term)
+            handler.on_committed_index(rd.hard_state.commit)
         if snap is not None or rd.committed_entries:
             conf_change = any(e.type == EntryType.CONF_CHANGE for e in rd.committed_entries)
             await self._hand_to_apply(rd.committed_entries, snap, wait=conf_change and not self.is_leader)
