@@ -62,8 +62,8 @@ def wait_new_leader(cluster: Cluster, among: Sequence[Member], not_id: int, time
     return wait_until(agreed, timeout, f"a new leader among {[m.name for m in among]}", interval=0.1)
 
 
-def wait_term_above(cluster: Cluster, member: Member, term: int, timeout: float) -> dict[str, Any]:
-    """Poll ``member``'s status until its ``raftTerm`` exceeds ``term``; return that status.
+def wait_term_above(cluster: Cluster, member: Member, term: int, timeout: float) -> None:
+    """Poll ``member``'s status until its ``raftTerm`` exceeds ``term``.
 
     Why poll after the election instead of reading the term once: etcd reports the
     term of the last *applied* entry (``EtcdServer.Term``), so a member that already
@@ -72,9 +72,8 @@ def wait_term_above(cluster: Cluster, member: Member, term: int, timeout: float)
     its leader committed in it.
     """
 
-    def above() -> dict[str, Any] | None:
+    def above() -> bool:
         status = cluster.status(member, timeout=2.0)
-        return status if status is not None and int(status["raftTerm"]) > term else None
+        return status is not None and int(status["raftTerm"]) > term
 
-    result: dict[str, Any] = wait_until(above, timeout, f"{member.name} to report a term above {term}", interval=0.1)
-    return result
+    wait_until(above, timeout, f"{member.name} to report a term above {term}", interval=0.1)
