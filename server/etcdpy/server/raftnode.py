@@ -6,18 +6,27 @@ it in the order Raft requires:
 1. a leader hands its messages to the transport first (it may send while it
    persists; a follower must not acknowledge what it has not persisted);
 2. a snapshot is saved (snap file, then WAL marker) before anything uses it;
-3. HardState and entries are written to the WAL with one fdatasync on a worker
-   thread, so the event loop keeps accepting proposals meanwhile — everything
-   proposed during that fsync is in the next Ready: group commit;
-4. the committed entries (and an incoming snapshot) are handed, once durable
-   here, to the apply task through a FIFO queue (etcd's `applyc` + FIFO
-   scheduler): the raft loop does not wait for them to be applied, so ticks,
-   steps, sends and persistence go on while MVCC applies, installs a snapshot or
+   such a Ready first waits for every WAL write still in flight;
+3. HardState and entries are queued for the WAL writer, and the pass goes on
+   without waiting for them (etcd-io/raft's asynchronous storage writes): the
+   writer runs on its own thread and, each time an fdatasync returns, writes
+   everything queued meanwhile with one more fdatasync (group commit). So the
+   disk never waits for the event loop to come round, and the loop never waits
+   for the disk;
+4. the committed entries (and an incoming snapshot) are handed to the apply
+   task through a FIFO queue (etcd's `applyc` + FIFO scheduler), each share
+   gated on the WAL write that makes its entries durable here when they are not
+   yet: nothing is applied, and so no client answered, before its entry is on
+   disk. The raft loop does not wait for the apply either, so ticks, steps,
+   sends and persistence go on while MVCC applies, installs a snapshot or
    compacts. Only a follower with a committed conf change waits for the apply
    task to catch up before it sends (etcd does the same: votes of removed
    members must not count);
-5. a follower sends its messages once its log is durable;
-6. `advance`.
+5. a follower sends its messages once everything written before them is
+   durable: they wait for the last WAL write in flight, in order;
+6. `advance`. Entries are marked stable when queued; nothing reads stability
+   but the Ready itself, and every use of durability (apply, a follower's
+   acknowledgement) waits for the write as above.
 
 The queue is bounded in entries by etcd's maxGapBetweenApplyAndCommitIndex
 (5000): past that the raft loop waits for the apply task (a leader refuses new
@@ -31,6 +40,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from collections import deque
+from itertools import islice
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -44,12 +54,14 @@ from etcdpy.raft.types import (
     ConfState,
     Entry,
     EntryType,
+    HardState,
     Message,
     ReadState,
     Snapshot,
     SoftState,
     StateType,
 )
+from etcdpy.server.walwriter import WalWriter
 from etcdpy.snap import Snapshotter
 from etcdpy.wal import WAL, WalSnapshot
 
@@ -79,6 +91,16 @@ class ToApply:
     entries: list[Entry]
     snapshot: Snapshot | None = None
     applied: asyncio.Future[None] | None = field(default=None)
+    # The WAL write that makes these entries durable here, when it was still in flight.
+    durable: asyncio.Future[None] | None = field(default=None)
+
+
+@dataclass
+class _Write:
+    """A WAL write in flight: the first entry index it holds (None for a hard state only)."""
+
+    first_index: int | None
+    done: asyncio.Future[None]
 
 
 class Transport(Protocol):
@@ -116,9 +138,10 @@ class RaftNode:
         self._stopped = False
         # One thread: the WAL has one writer, and the fsyncs must stay in order.
         self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal")
-        self.fsync_seconds_total = 0.0
-        self.fsync_count = 0
-        self.on_persist: Callable[[float], None] | None = None  # seconds of each WAL save+fsync (metrics)
+        self._writer = WalWriter(wal, self._disk)
+        # WAL writes queued and not yet durable, oldest first (they complete in this order).
+        self._inflight: deque[_Write] = deque()
+        self._failed: BaseException | None = None
         self._applyq: deque[ToApply] = deque()
         self._apply_wake = asyncio.Event()
         self._apply_space = asyncio.Event()
@@ -127,6 +150,23 @@ class RaftNode:
         # Proposals made since the raft loop's last pass, stepped as one MsgProp (`_flush_proposals`).
         self._proposals: list[bytes] = []
         self._on_drop: list[Callable[[], None]] = []
+
+    @property
+    def on_persist(self) -> Callable[[float], None] | None:
+        """Called with the seconds of each WAL save + fdatasync (metrics)."""
+        return self._writer.on_save
+
+    @on_persist.setter
+    def on_persist(self, fn: Callable[[float], None] | None) -> None:
+        self._writer.on_save = fn
+
+    @property
+    def fsync_count(self) -> int:
+        return self._writer.saves
+
+    @property
+    def fsync_seconds_total(self) -> float:
+        return self._writer.save_seconds
 
     # -- inputs (all on the loop thread) -------------------------------------------------
 
@@ -197,10 +237,12 @@ class RaftNode:
         while not self._stopped:
             await self._wake.wait()
             self._wake.clear()
+            if self._failed is not None:
+                raise self._failed
             self._flush_proposals()
             while not self._stopped and self.node.has_ready():
                 await self._handle_ready(handler)
-                self._flush_proposals()  # what was proposed during the fsync joins the next Ready
+                self._flush_proposals()
 
     async def run_apply(self, handler: ReadyHandler) -> None:
         """The apply task: take what the raft loop handed over, in order, and apply it.
@@ -214,18 +256,37 @@ class RaftNode:
                 self._apply_wake.clear()
                 await self._apply_wake.wait()
             ap = self._applyq[0]
+            if ap.durable is not None:
+                await ap.durable  # a failed write raises here: the server stops, nothing undurable applied
+            shares = self._durable_shares()
             try:
                 if ap.snapshot is not None:
                     await handler.apply_snapshot(ap.snapshot)
-                if ap.entries:
-                    await handler.apply_entries(ap.entries)
+                entries = ap.entries if shares == 1 else [e for a in islice(self._applyq, shares) for e in a.entries]
+                if entries:
+                    await handler.apply_entries(entries)
             finally:
-                self._applyq.popleft()
-                self._pending_entries -= len(ap.entries)
+                for _ in range(shares):
+                    done = self._applyq.popleft()
+                    self._pending_entries -= len(done.entries)
+                    if done.applied is not None and not done.applied.done():
+                        done.applied.set_result(None)
                 if self._pending_entries <= APPLY_QUEUE_MAX_ENTRIES:
                     self._apply_space.set()
-                if ap.applied is not None and not ap.applied.done():
-                    ap.applied.set_result(None)
+
+    def _durable_shares(self) -> int:
+        """How many queued shares, from the first, can be applied as one batch now.
+
+        The first is durable (its write was awaited); the ones after it join while they
+        carry no snapshot and their write is done too, so a burst of small Readys costs
+        one backend batch rather than one each.
+        """
+        n = 1
+        for ap in islice(self._applyq, 1, None):
+            if ap.snapshot is not None or (ap.durable is not None and not ap.durable.done()):
+                break
+            n += 1
+        return n
 
     @property
     def apply_backlog(self) -> int:
@@ -237,12 +298,55 @@ class RaftNode:
         while self._pending_entries > APPLY_QUEUE_MAX_ENTRIES and not self._stopped:
             self._apply_space.clear()
             await self._apply_space.wait()
-        ap = ToApply(entries, snap, asyncio.get_running_loop().create_future() if wait else None)
+        durable = self._write_holding(entries[-1].index) if entries else None
+        ap = ToApply(entries, snap, asyncio.get_running_loop().create_future() if wait else None, durable)
         self._applyq.append(ap)
         self._pending_entries += len(entries)
         self._apply_wake.set()
         if ap.applied is not None:
             await ap.applied
+
+    def _write_holding(self, index: int) -> asyncio.Future[None] | None:
+        """The newest WAL write in flight holding an entry at or below `index`, if any.
+
+        Writes complete in order, so once it is done every entry up to `index` is durable
+        here (a later write may replace uncommitted entries, never committed ones).
+        """
+        for w in reversed(self._inflight):
+            if w.first_index is not None and w.first_index <= index:
+                return w.done
+        return None
+
+    def _queue_write(self, hs: HardState | None, entries: list[Entry]) -> None:
+        """Hand a Ready's hard state and entries to the WAL writer without waiting."""
+        w = _Write(entries[0].index if entries else None, self._writer.save(hs, entries))
+        self._inflight.append(w)
+        w.done.add_done_callback(self._write_done)
+
+    def _write_done(self, fut: asyncio.Future[None]) -> None:
+        """Drop finished writes from the front; a failed one stops the raft loop (etcd panics)."""
+        while self._inflight and self._inflight[0].done.done():
+            self._inflight.popleft()
+        if not fut.cancelled() and fut.exception() is not None and self._failed is None:
+            self._failed = fut.exception()
+            self._wake.set()
+
+    def _send_when_durable(self, messages: list[Message]) -> None:
+        """A follower's messages, sent once every write queued before them is durable, in order."""
+        if not self._inflight:
+            self.transport.send(messages)
+            return
+
+        def send(fut: asyncio.Future[None]) -> None:
+            if not self._stopped and not fut.cancelled() and fut.exception() is None:
+                self.transport.send(messages)
+
+        self._inflight[-1].done.add_done_callback(send)
+
+    async def _all_durable(self) -> None:
+        """Wait for every WAL write in flight (before a snapshot, which must follow them)."""
+        if self._inflight:
+            await self._inflight[-1].done
 
     async def _handle_ready(self, handler: ReadyHandler) -> None:
         rd = self.node.ready()
@@ -254,9 +358,10 @@ class RaftNode:
         if self.is_leader and rd.messages:
             self.transport.send(rd.messages)
         if rd.snapshot is not None and not rd.snapshot.is_empty():
+            await self._all_durable()
             await self._persist_snapshot(rd.snapshot)
         if rd.entries or (rd.hard_state is not None and not rd.hard_state.is_empty()):
-            await self._persist(rd.hard_state, rd.entries)
+            self._queue_write(rd.hard_state, rd.entries)
         snap = rd.snapshot if rd.snapshot is not None and not rd.snapshot.is_empty() else None
         if snap is not None:
             self.storage.apply_snapshot(snap)
@@ -269,24 +374,14 @@ class RaftNode:
             conf_change = any(e.type == EntryType.CONF_CHANGE for e in rd.committed_entries)
             await self._hand_to_apply(rd.committed_entries, snap, wait=conf_change and not self.is_leader)
         if not self.is_leader and rd.messages:
-            self.transport.send(rd.messages)
+            self._send_when_durable(rd.messages)
         self.node.advance(rd)
 
-    async def _persist(self, hs: object, entries: list[Entry]) -> None:
-        loop = asyncio.get_running_loop()
-        start = time.perf_counter()
-        await loop.run_in_executor(self._disk, self.wal.save, hs, entries)
-        elapsed = time.perf_counter() - start
-        self.fsync_seconds_total += elapsed
-        self.fsync_count += 1
-        if self.on_persist is not None:
-            self.on_persist(elapsed)
-
     async def _persist_snapshot(self, snap: Snapshot) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._disk, self.snapshotter.save_snap, snap)
+        """The snap file, then its WAL marker, in order with the WAL writes queued before."""
+        await self._writer.call(lambda: self.snapshotter.save_snap(snap))
         marker = WalSnapshot(index=snap.metadata.index, term=snap.metadata.term)
-        await loop.run_in_executor(self._disk, self.wal.save_snapshot, marker)
+        await self._writer.call(lambda: self.wal.save_snapshot(marker))
 
     async def create_snapshot(
         self, index: int, conf_state: ConfState, data: bytes, keep_entries: int, flush_backend: object
@@ -298,14 +393,13 @@ class RaftNode:
         """
         snap = self.storage.create_snapshot(index, conf_state, data)
         await self._persist_snapshot(snap)
-        loop = asyncio.get_running_loop()
         if callable(flush_backend):
-            await loop.run_in_executor(self._disk, flush_backend)
+            await self._writer.call(flush_backend)
         compact_to = index - keep_entries
         if compact_to > self.storage.first_index():
             self.storage.compact(compact_to)
-        await loop.run_in_executor(self._disk, self.wal.release_to, snap.metadata.index)
-        await loop.run_in_executor(self._disk, self.snapshotter.purge)
+        await self._writer.call(lambda: self.wal.release_to(snap.metadata.index))
+        await self._writer.call(self.snapshotter.purge)
         self.log.info("saved snapshot", extra={"fields": {"snapshot-index": index, "compact-index": compact_to}})
 
     def stop(self) -> None:
