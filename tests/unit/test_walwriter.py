@@ -149,14 +149,14 @@ def test_a_failed_save_reaches_its_waiters(tmp_path: Path) -> None:
     _run_writer(tmp_path, body)
 
 
-def _node(tmp_path: Path, peers: list[int], wal: GatedWAL) -> tuple[RaftNode, Sent]:
+def _node(tmp_path: Path, peers: list[int], wal: GatedWAL, **kw: Any) -> tuple[RaftNode, Sent]:
     storage = MemoryStorage()
     node = RawNode(Config(id=1, storage=storage))
     node.bootstrap([Peer(id=p) for p in peers])
     sent = Sent()
     rn = RaftNode(
         node, storage, wal, Snapshotter(str(tmp_path / "snap")), sent,  # type: ignore[arg-type]
-        tick_seconds=0.01, logger=logging.getLogger("test"),
+        tick_seconds=0.01, logger=logging.getLogger("test"), **kw,
     )
     return rn, sent
 
@@ -178,8 +178,9 @@ def _run_node(rn: RaftNode, wal: GatedWAL, rec: Recorder, body: Callable[[], Awa
 
 
 def test_nothing_is_applied_before_it_is_durable(tmp_path: Path) -> None:
+    """With two writes allowed in flight, the second Ready's entries wait for the first write too."""
     wal = GatedWAL(WAL.create(str(tmp_path / "wal"), b""))
-    rn, _ = _node(tmp_path, [1], wal)
+    rn, _ = _node(tmp_path, [1], wal, max_writes_in_flight=2)
     rec = Recorder()
 
     async def body() -> None:
@@ -227,5 +228,34 @@ def test_a_follower_acknowledges_only_durable_entries(tmp_path: Path) -> None:
         wal.release.set()
         await _wait_for(lambda: any(m.type == MessageType.APP_RESP and m.index == last + 1
                                     for m in sent.messages))
+
+    _run_node(rn, wal, rec, body)
+
+
+def test_proposals_made_during_a_write_share_the_next_ready(tmp_path: Path) -> None:
+    """At the default bound (one write in flight) the loop waits for the write before the next
+    Ready, so what is proposed meanwhile is appended and written as one batch (the batching
+    three members need: without the bound every loop pass sent its own small append)."""
+    wal = GatedWAL(WAL.create(str(tmp_path / "wal"), b""))
+    rn, _ = _node(tmp_path, [1], wal)
+    rec = Recorder()
+
+    async def body() -> None:
+        await elect(rn)
+        await _wait_for(lambda: not rn.node.has_ready())
+        wal.release.clear()
+        first_at = rn.node.raft.raft_log.last_index() + 1
+        rn.propose(b"first", lambda: None)
+        await _wait_for(lambda: wal.saved[-1] == [first_at])  # the thread is inside its save
+        saves_before = len(wal.saved)
+        for i in range(5):
+            rn.propose(b"p%d" % i, lambda: None)
+            await asyncio.sleep(0.005)  # several loop passes while the write is held
+        assert len(wal.saved) == saves_before, wal.saved  # nothing more reached the disk meanwhile
+        # and the loop has not taken their Ready: not one more write queued behind the held one
+        assert rn.storage.last_index() == first_at
+        wal.release.set()
+        await _wait_for(lambda: rec.applied[-6:] == [b"first"] + [b"p%d" % i for i in range(5)])
+        assert len(wal.saved[saves_before]) == 5  # the five proposals: one save
 
     _run_node(rn, wal, rec, body)

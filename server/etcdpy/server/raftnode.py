@@ -10,9 +10,10 @@ it in the order Raft requires:
 3. HardState and entries are queued for the WAL writer, and the pass goes on
    without waiting for them (etcd-io/raft's asynchronous storage writes): the
    writer runs on its own thread and, each time an fdatasync returns, writes
-   everything queued meanwhile with one more fdatasync (group commit). So the
-   disk never waits for the event loop to come round, and the loop never waits
-   for the disk;
+   everything queued meanwhile with one more fdatasync (group commit). The rest
+   of the pass (sends, the apply hand-off, `advance`) runs while the disk
+   works; the next Ready waits while MAX_WRITES_IN_FLIGHT writes are out, so
+   what arrives during a write still goes out as one batch;
 4. the committed entries (and an incoming snapshot) are handed to the apply
    task through a FIFO queue (etcd's `applyc` + FIFO scheduler), each share
    gated on the WAL write that makes its entries durable here when they are not
@@ -81,6 +82,12 @@ class ReadyHandler(Protocol):
 
 
 APPLY_QUEUE_MAX_ENTRIES = 5000
+# WAL writes queued and not yet returned before the raft loop waits for the oldest. With no
+# bound a busy member turns every loop pass into its own small Ready: more, smaller appends
+# and acknowledgements between members, and more CPU per request (3 members, put: 322 -> 412
+# µs per request in one A/B). One write in flight keeps the loop's batching (what arrives
+# during a write goes into the next Ready) while the rest of a pass runs during the write.
+MAX_WRITES_IN_FLIGHT = 1
 """etcd's maxGapBetweenApplyAndCommitIndex: entries handed to the apply task and not applied yet."""
 
 
@@ -125,6 +132,7 @@ class RaftNode:
         *,
         tick_seconds: float,
         logger: logging.Logger,
+        max_writes_in_flight: int = MAX_WRITES_IN_FLIGHT,
     ) -> None:
         self.node = node
         self.storage = storage
@@ -141,6 +149,7 @@ class RaftNode:
         self._writer = WalWriter(wal, self._disk)
         # WAL writes queued and not yet durable, oldest first (they complete in this order).
         self._inflight: deque[_Write] = deque()
+        self.max_writes_in_flight = max_writes_in_flight
         self._failed: BaseException | None = None
         self._applyq: deque[ToApply] = deque()
         self._apply_wake = asyncio.Event()
@@ -241,7 +250,11 @@ class RaftNode:
                 raise self._failed
             self._flush_proposals()
             while not self._stopped and self.node.has_ready():
-                await self._handle_ready(handler)
+                if len(self._inflight) >= self.max_writes_in_flight:
+                    await self._inflight[0].done  # a failed write raises here: the server stops
+                    self._drop_done_writes()  # its callback may not have run yet (a done future does not yield)
+                else:
+                    await self._handle_ready(handler)
                 self._flush_proposals()
 
     async def run_apply(self, handler: ReadyHandler) -> None:
@@ -325,11 +338,15 @@ class RaftNode:
 
     def _write_done(self, fut: asyncio.Future[None]) -> None:
         """Drop finished writes from the front; a failed one stops the raft loop (etcd panics)."""
-        while self._inflight and self._inflight[0].done.done():
-            self._inflight.popleft()
+        self._drop_done_writes()
         if not fut.cancelled() and fut.exception() is not None and self._failed is None:
             self._failed = fut.exception()
             self._wake.set()
+
+    def _drop_done_writes(self) -> None:
+        """Forget the writes at the front that have returned (they complete in queue order)."""
+        while self._inflight and self._inflight[0].done.done():
+            self._inflight.popleft()
 
     def _send_when_durable(self, messages: list[Message]) -> None:
         """A follower's messages, sent once every write queued before them is durable, in order."""
