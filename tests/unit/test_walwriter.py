@@ -149,6 +149,22 @@ def test_a_failed_save_reaches_its_waiters(tmp_path: Path) -> None:
     _run_writer(tmp_path, body)
 
 
+def test_nothing_is_written_after_a_failed_save(tmp_path: Path) -> None:
+    """A save queued after a failed one fails too and never reaches the WAL."""
+
+    async def body(writer: WalWriter, wal: GatedWAL) -> None:
+        wal.fail = OSError(5, "Input/output error")
+        with pytest.raises(OSError):
+            await writer.save(None, _entries(1, 1))
+        wal.fail = None  # the disk "recovers": the writer must still refuse
+        with pytest.raises(OSError):
+            await writer.save(None, _entries(2, 1))
+        assert wal.saved == [[1]]
+
+    _run_writer(tmp_path, body)
+    assert _read_back(tmp_path / "wal")[1] == []
+
+
 def _node(tmp_path: Path, peers: list[int], wal: GatedWAL, **kw: Any) -> tuple[RaftNode, Sent]:
     storage = MemoryStorage()
     node = RawNode(Config(id=1, storage=storage))

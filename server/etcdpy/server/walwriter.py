@@ -1,14 +1,17 @@
 """The WAL's one writer thread, fed by the raft loop without waiting: group commit in the thread.
 
-Why a queue of its own rather than `run_in_executor` per Ready: with one job per Ready the
-raft loop had to wait for each fdatasync before it could queue the next Ready, and after
-each one the disk sat idle until the event loop came round to both the completion (one
-pass) and the next submission (another). Measured under a txn load, those two hand-offs
-took 3.2-4.2 ms of each 5-5.6 ms raft cycle while the write itself took 1.5-1.9 ms.
+Why a queue of its own rather than `run_in_executor` per Ready awaited in the raft pass:
+that way the rest of each pass (sends, the apply hand-off, `advance`) waited for the
+fdatasync, and the disk sat idle until the event loop came round to both the completion
+(one pass) and the next submission (another). Measured under a txn load, those two
+hand-offs took 3.2-4.2 ms of each 5-5.6 ms raft cycle while the write itself took 1.5-1.9 ms.
 
-Here the raft loop only queues (`save`) and gets a future; the thread takes everything
+Here the raft loop only queues (`save`) and gets a future (how many writes it lets be in
+flight is its own choice: `raftnode.MAX_WRITES_IN_FLIGHT`); the thread takes everything
 queued, writes it with one `WAL.save` (one fdatasync), resolves those futures on the loop,
-and immediately takes what was queued meanwhile. Other disk work that must stay in order
+and immediately takes what was queued meanwhile. After a failed save nothing more is
+written: every later save fails with the same error, so no write can land behind one that
+did not (the raft loop stops the server on the first failure anyway). Other disk work that must stay in order
 with the writes (snapshot files and markers, releasing segments, flushing the backend
 before a release) goes through the same queue (`call`).
 
@@ -66,6 +69,7 @@ class WalWriter:
         self.on_save = on_save
         self.saves = 0
         self.save_seconds = 0.0
+        self._broken: BaseException | None = None  # the first failed save (writer thread only)
 
     def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> asyncio.Future[None]:
         """Queue a write of `entries` then `hard_state`; the future resolves once they are durable."""
@@ -125,13 +129,14 @@ class WalWriter:
             entries.extend(s.entries)
             if s.hard_state is not None and not s.hard_state.is_empty():
                 hard_state = s.hard_state
-        err: BaseException | None = None
-        start = time.perf_counter()
-        try:
-            self.wal.save(hard_state, entries)
-        except BaseException as e:  # noqa: BLE001 - handed to every waiter; the raft loop makes it fatal
-            err = e
-        done.save_seconds.append(time.perf_counter() - start)
+        err = self._broken
+        if err is None:
+            start = time.perf_counter()
+            try:
+                self.wal.save(hard_state, entries)
+            except BaseException as e:  # noqa: BLE001 - handed to every waiter; the raft loop makes it fatal
+                err = self._broken = e
+            done.save_seconds.append(time.perf_counter() - start)
         for s in saves:
             done.results.append((s.done, None, err))
 
