@@ -108,3 +108,27 @@ def test_crash_before_flush_loses_the_whole_slice_and_its_index(tmp_path: Path) 
         assert s.range(b"k0", None).kvs[0].value == b"v"
     finally:
         s.close()
+
+
+def test_a_worker_thread_reaching_the_backend_leaves_the_slices_batch_alone(store: KVStore) -> None:
+    """A worker (a snapshot's RocksDB flush, a defrag) runs beside an apply slice: reaching the
+    backend from there must not write the batch the slice is still staging into. It did once
+    (a member died with "this batch is already consumed" when a snapshot came mid-load)."""
+    import threading
+
+    put(store, b"a", b"0", 1)
+    store.defer_writes()
+    put(store, b"a", b"1", 2)
+    staged = store._deferred
+    commits = store.backend_commits
+    seen: list[object] = []
+    worker = threading.Thread(target=lambda: seen.append(store.backend))
+    worker.start()
+    worker.join()
+    assert seen == [store._raw_backend]
+    assert store._deferred is staged and store.backend_commits == commits  # nothing written from there
+    put(store, b"b", b"2", 3)  # the slice goes on staging into the same batch
+    assert store.backend is store._raw_backend  # on the applying thread the barrier flushes
+    assert store.backend_commits == commits + 1
+    assert raw_consistent_index(store) == (3).to_bytes(8, "big")
+    store.end_deferred()

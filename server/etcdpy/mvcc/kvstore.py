@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
+import threading
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -104,6 +105,7 @@ class KVStore:
         self._deferred: WriteBatch | None = None
         self._unflushed: dict[bytes, bytes | None] = {}
         self._deferred_ci: tuple[int, int] | None = None
+        self._deferring_thread: int | None = None
         self.backend_commits = 0
         """RocksDB writes of applied entries (one per entry, or one per slice when deferred)."""
         self.on_backend_commit: Callable[[float], None] | None = None
@@ -156,9 +158,14 @@ class KVStore:
         """The backend, for other buckets (lease, auth, members) and maintenance.
 
         Flushes deferred writes first, so whoever reads RocksDB directly sees every
-        applied entry (the same barrier guards the store's own direct reads).
+        applied entry (the same barrier guards the store's own direct reads). Only on the
+        thread applying (the event loop): a worker thread (a snapshot's RocksDB flush, a
+        defrag, a scan) runs beside an apply slice that may be staging into the batch at
+        that moment, so flushing from there would race it (a batch written while the apply
+        still adds to it). A worker needs no flush either: what it was started for had been
+        applied, and flushed, before it was started.
         """
-        if self._deferred is not None:
+        if self._deferred is not None and threading.get_ident() == self._deferring_thread:
             self.flush_deferred()
         return self._raw_backend
 
@@ -178,6 +185,7 @@ class KVStore:
         """
         if self._deferred is None:
             self._deferred = WriteBatch(raw_mode=True)
+            self._deferring_thread = threading.get_ident()
 
     def flush_deferred(self) -> None:
         """Write what is staged (one atomic RocksDB write) and go on deferring."""
@@ -201,6 +209,7 @@ class KVStore:
         """Flush and stop deferring: each write txn writes RocksDB itself again."""
         self.flush_deferred()
         self._deferred = None
+        self._deferring_thread = None
 
     def _note_commit(self, seconds: float) -> None:
         self.backend_commits += 1
