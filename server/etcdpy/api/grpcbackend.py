@@ -5,17 +5,20 @@ Two backends take the same servicers and options; ``native`` is the default:
 - ``grpcio``: ``grpc.aio.server()``. HTTP/2 and per-call work run in grpc-core, but each
   call crosses into Python on the event loop thread through several layers of
   grpc.aio's own Python/Cython code, which holds the GIL.
-- ``native``: ``pygrpc_native.aio.server()`` (PyPI ``pygrpc-native``, pinned in
-  pyproject.toml). HTTP/2 framing, flow control, deadlines and cancellation run on
-  tokio threads in Rust outside the GIL, and calls reach the event loop in batches.
-  Its documented differences from grpcio and how etcdpy handles each:
+- ``native``: PyPI ``pygrpc-native`` (pinned in pyproject.toml). HTTP/2 framing, flow
+  control, deadlines and cancellation run on tokio threads in Rust outside the GIL, and
+  calls reach the event loop in batches. etcdpy drives its documented low-level API
+  (`NativeGrpcFront`) itself (`etcdpy.api.nativeserver`: one lean coroutine per unary
+  call instead of pygrpc-native's grpc.aio layer); with ``ETCDPY_STREAM_SERVER=grpcio`` it
+  is ``pygrpc_native.aio.server()``. Its documented differences from grpcio and how
+  etcdpy handles each:
 
-  * Unary and server-streaming methods are served natively; client-streaming and
-    bidirectional ones (Watch, LeaseKeepAlive) are relayed (in Rust) to a unix socket where
-    pygrpc-native would start a grpc.aio server. etcdpy serves that socket with its own
-    HTTP/2 server instead (`etcdpy.api.h2grpc`, `native_server`), which writes a stream's
-    messages in batches rather than one grpc.aio write each; ``ETCDPY_STREAM_SERVER=grpcio``
-    restores pygrpc-native's own. `peer()` there is the socket: etcdpy uses peer() nowhere.
+  * Unary methods are served natively; streams (Watch, LeaseKeepAlive, Snapshot) are
+    relayed (in Rust) to a unix socket where pygrpc-native's own server would start a
+    grpc.aio server. etcdpy serves that socket with its own HTTP/2 server instead
+    (`etcdpy.api.h2grpc`, `native_server`), which writes a stream's messages in batches
+    rather than one grpc.aio write each; ``ETCDPY_STREAM_SERVER=grpcio`` restores
+    pygrpc-native's own. `peer()` there is the socket: etcdpy uses peer() nowhere.
   * Interceptors run in Python on every call, natively served ones included. etcdpy
     therefore registers none: the metrics counters and the root-only guard of
     Maintenance/Cluster are wrapped around each method handler once (`register_services`).
@@ -46,9 +49,7 @@ keeps running the compat suite on grpcio too.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -95,46 +96,23 @@ def new_server(
     return grpc.aio.server(options=list(options))
 
 
-def native_server(options: Sequence[tuple[str, Any]], stream_server: H2GrpcServer | None) -> grpc.aio.Server:
-    """pygrpc-native's server; its fallback for streams is `stream_server` when given.
+def native_server(options: Sequence[tuple[str, Any]], stream_server: H2GrpcServer | None) -> Any:
+    """pygrpc-native's front serving the unary calls; the streams go to `stream_server`.
 
-    pygrpc-native relays the methods it cannot serve (client and bidirectional streams) over
-    HTTP/2 to a unix socket, where it starts a grpc.aio server of its own. That relay runs in
-    Rust, outside the GIL, but grpc.aio costs a poller round trip per message, which is what a
-    watch fan-out has most of. Our HTTP/2 server (`etcdpy.api.h2grpc`) batches those writes,
-    so it takes the fallback's place: same socket, same relay. This overrides one private
-    method of the pinned 0.5.0 (`_start_fallback`); tests/unit/test_grpcbackend.py checks
-    that a stream on a natively served connection still reaches our server.
+    With a stream server (the default) this is etcdpy's own driver of pygrpc-native's
+    low-level API (`etcdpy.api.nativeserver`): the Rust front relays the methods it does not
+    serve (bidirectional and server streams) over HTTP/2 to the stream server's unix socket,
+    and unary calls run with one coroutine each instead of pygrpc-native's grpc.aio layer.
+    Without one (``ETCDPY_STREAM_SERVER=grpcio``) it is pygrpc-native's own grpc.aio server,
+    which starts a grpc.aio server for the streams.
     """
     import pygrpc_native.aio
 
     if stream_server is None:
         return pygrpc_native.aio.server(options=list(options))
-    streams: H2GrpcServer = stream_server
+    from etcdpy.api.nativeserver import NativeServer
 
-    class NativeServer(pygrpc_native.aio.Server):  # type: ignore[misc]
-        async def _start_fallback(self, streamed: Any, generic: Any) -> None:
-            directory = tempfile.mkdtemp(prefix="etcdpy-streams-")
-            path = os.path.join(directory, "fallback.sock")
-            listener = await asyncio.get_running_loop().create_unix_server(streams.protocol, path=path)
-            self._fallback = _Fallback(listener, streams)
-            self._fallback_dir = directory
-            assert self._front is not None
-            self._front.set_fallback(path)
-
-    return NativeServer(options=list(options))
-
-
-class _Fallback:
-    """What pygrpc-native keeps of its fallback server: something with `stop(grace)`."""
-
-    def __init__(self, listener: asyncio.AbstractServer, stream_server: H2GrpcServer) -> None:
-        self.listener = listener
-        self.stream_server = stream_server
-
-    async def stop(self, grace: float | None) -> None:
-        self.listener.close()
-        self.stream_server.close()
+    return NativeServer(options, stream_server)
 
 
 class ServiceRegistry:

@@ -126,25 +126,17 @@ class _Abort(grpc.aio.AbortError):
     """Raised by `ServicerContext.abort` to end the handler; the status is already on the context."""
 
 
-class ServicerContext:
-    """The part of grpc.aio's ServicerContext that etcdpy's handlers (and grpc's wrappers) use."""
+class BaseServicerContext:
+    """The part of grpc.aio's ServicerContext that etcdpy's handlers (and grpc's wrappers) use,
+    minus what depends on the transport: the status being built and the done callbacks."""
 
-    def __init__(self, call: _Call) -> None:
-        self._call = call
+    __slots__ = ("_code", "_details", "_trailing", "_callbacks")
+
+    def __init__(self) -> None:
         self._code: grpc.StatusCode | None = None
         self._details = ""
         self._trailing: Sequence[tuple[str, str | bytes]] = ()
         self._callbacks: list[Callable[[Any], None]] = []
-
-    def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
-        return self._call.metadata
-
-    def time_remaining(self) -> float | None:
-        deadline = self._call.deadline
-        return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-    def peer(self) -> str:
-        return self._call.conn.peer
 
     def auth_context(self) -> dict[str, list[bytes]]:
         return {}  # plain connections only: nothing authenticated by the transport
@@ -175,6 +167,29 @@ class ServicerContext:
     def trailing_metadata(self) -> Sequence[tuple[str, str | bytes]]:
         return self._trailing
 
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        self._callbacks.append(callback)
+
+
+class ServicerContext(BaseServicerContext):
+    """The context of a call on one of this server's connections."""
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: _Call) -> None:
+        super().__init__()
+        self._call = call
+
+    def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        return self._call.metadata
+
+    def time_remaining(self) -> float | None:
+        deadline = self._call.deadline
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def peer(self) -> str:
+        return self._call.conn.peer
+
     async def send_initial_metadata(self, initial_metadata: Sequence[tuple[str, str | bytes]]) -> None:
         self._call.send_headers(encode_metadata(initial_metadata))
 
@@ -186,9 +201,6 @@ class ServicerContext:
 
     def done(self) -> bool:
         return self._call.finished
-
-    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
-        self._callbacks.append(callback)
 
 
 class _Requests:
@@ -665,4 +677,4 @@ class H2GrpcServer:
         self.connections.clear()
 
 
-__all__ = ["H2GrpcConnection", "H2GrpcServer", "ServicerContext", "decode_metadata", "frame_message", "parse_timeout"]
+__all__ = ["BaseServicerContext", "H2GrpcConnection", "H2GrpcServer", "ServicerContext", "decode_metadata", "frame_message", "parse_timeout"]

@@ -1,0 +1,333 @@
+"""The client port's native gRPC server: pygrpc-native's Rust front, driven from here.
+
+Why not `pygrpc_native.aio.server()`: it is a general grpc.aio look-alike, and per call it
+runs a layer of Python that etcdpy does not need (a call object and a context object,
+`inspect` checks of the handler, interceptor hooks, three coroutine frames between the task
+and the handler, each one stepped through on every resumption). Under the range load that
+layer and its task were about a fifth of the event loop thread in py-spy. This server uses
+pygrpc-native's documented low-level API (`NativeGrpcFront`: calls arrive as events in
+batches, answered by id with `respond`/`fail`) with one coroutine per call that decodes the
+request, awaits the (already wrapped) handler and answers.
+
+What is served where:
+
+- Unary methods whose handlers are coroutines are served natively, on the front's one port.
+- Everything else (Watch, LeaseKeepAlive, the server stream of Snapshot, anything not a
+  coroutine) is relayed by the front, in Rust, over HTTP/2 to a unix socket served by
+  etcdpy's own stream server (`etcdpy.api.h2grpc`), which has every method.
+
+Behaviour follows grpc.aio (and pygrpc-native's aio server, which the compatibility suite
+also ran on): the receive limit is checked before decoding, with grpc-core's message; a
+request that does not decode is INTERNAL "Exception deserializing request!"; `abort()`
+ends the call with its code and details; an unexpected exception is UNKNOWN
+"Unexpected <type>: <exc>"; a client cancel or a passed deadline (the front answers the
+client itself) cancels the handler's task; trailing metadata goes out with the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import grpc
+from pygrpc_native import EVENT_CANCEL, NativeGrpcFront
+
+from etcdpy.api.h2grpc import BaseServicerContext, H2GrpcServer
+
+log = logging.getLogger("etcdpy.api")
+
+EVENT_BATCH = 128
+"""Calls handed to the event loop per wake-up at most (one `call_soon_threadsafe` each batch)."""
+DEFAULT_RECEIVE_LIMIT = 4 * 1024 * 1024
+"""grpc-core's receive limit when no option sets one."""
+
+
+def _code(code: grpc.StatusCode) -> int:
+    return int(code.value[0])
+
+
+_INTERNAL = _code(grpc.StatusCode.INTERNAL)
+_UNKNOWN = _code(grpc.StatusCode.UNKNOWN)
+_CANCELLED = _code(grpc.StatusCode.CANCELLED)
+_UNAVAILABLE = _code(grpc.StatusCode.UNAVAILABLE)
+_RESOURCE_EXHAUSTED = _code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def front_settings(options: Iterable[tuple[str, Any]]) -> tuple[int | None, int | None, dict[str, Any]]:
+    """The receive and send limits and the `NativeGrpcFront` arguments for grpc server options.
+
+    Only options a client can notice are mapped; like grpc-core, a value that is not an
+    integer is ignored, and so is any option the front has no counterpart for (the
+    client-ping limits: pings are accepted, not policed, as on pygrpc-native's own server).
+    """
+    receive: int | None = DEFAULT_RECEIVE_LIMIT
+    send: int | None = None
+    front: dict[str, Any] = {"keepalive_permit_without_calls": False}  # grpc-core's default
+    for key, value in options:
+        if not isinstance(value, int):
+            continue
+        if key == "grpc.max_receive_message_length":
+            receive = None if value < 0 else value
+        elif key == "grpc.max_send_message_length":
+            send = None if value < 0 else value
+        elif key == "grpc.max_concurrent_streams" and value >= 0:
+            front["max_concurrent_streams"] = min(value, 2**32 - 1)
+        elif key == "grpc.keepalive_permit_without_calls":
+            front["keepalive_permit_without_calls"] = bool(value)
+        elif key in ("grpc.keepalive_time_ms", "grpc.keepalive_timeout_ms"):
+            front[key.removeprefix("grpc.")] = max(1, value)
+        elif key == "grpc.so_reuseport":
+            front["reuse_port"] = bool(value)
+    return receive, send, front
+
+
+class NativeContext(BaseServicerContext):
+    """The ServicerContext of one natively served call; it is also the call's record."""
+
+    __slots__ = ("call_id", "metadata", "peer_name", "deadline", "task", "client_gone", "finished")
+
+    def __init__(self, call_id: int, metadata: tuple[tuple[str, str | bytes], ...], peer: str, remaining: Any) -> None:
+        super().__init__()
+        self.call_id = call_id
+        self.metadata = metadata
+        self.peer_name = peer
+        self.deadline = None if remaining is None else time.monotonic() + remaining
+        self.task: asyncio.Task[None] | None = None
+        self.client_gone = False
+        self.finished = False
+
+    def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        return self.metadata
+
+    def time_remaining(self) -> float | None:
+        deadline = self.deadline
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def peer(self) -> str:
+        return self.peer_name
+
+    def cancelled(self) -> bool:
+        return self.client_gone
+
+    def done(self) -> bool:
+        return self.finished
+
+    async def send_initial_metadata(self, initial_metadata: Sequence[tuple[str, str | bytes]]) -> None:
+        raise NotImplementedError("etcdpy's unary handlers send no initial metadata")
+
+
+Method = tuple[Callable[..., Any], Callable[[bytes], Any] | None, Callable[[Any], bytes] | None]
+"""A natively served method: the coroutine handler, the request decoder, the response encoder."""
+
+
+class NativeServer:
+    """A grpc.aio-shaped server (what `etcdpy.api.listeners` calls) on `NativeGrpcFront`."""
+
+    def __init__(self, options: Sequence[tuple[str, Any]], stream_server: H2GrpcServer, io_threads: int = 2) -> None:
+        self._receive_limit, self._send_limit, self._front_args = front_settings(options)
+        self._io_threads = io_threads
+        self._stream_server = stream_server
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._front: NativeGrpcFront | None = None
+        self._methods: dict[int, Method] = {}
+        self._calls: dict[int, NativeContext] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fallback: asyncio.AbstractServer | None = None
+        self._fallback_dir: str | None = None
+        self._started = False
+        self._stopping = False
+        self._terminated = asyncio.Event()
+
+    # -- what grpc.aio.Server has and Listeners uses ---------------------------------------
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        """Ignored: the stream server answers every method not registered here (and unknown ones)."""
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        for name, handler in handlers.items():
+            self._handlers[f"/{service}/{name}"] = handler
+
+    def add_insecure_port(self, address: str) -> int:
+        if self._front is not None:
+            raise RuntimeError("the native server takes one port")
+        try:
+            self._front = NativeGrpcFront(address, [], io_threads=self._io_threads, call_details=True, **self._front_args)
+        except OSError as e:
+            raise RuntimeError(f"Failed to bind to address {address}") from e
+        return int(self._front.bound_port)
+
+    def add_secure_port(self, address: str, credentials: grpc.ServerCredentials) -> int:
+        raise RuntimeError("the native server has no TLS (https:// is served by grpcio)")
+
+    async def start(self) -> None:
+        """Register the unary methods, put the stream server behind the front, start the pump."""
+        if self._started:
+            raise RuntimeError("already started")
+        front = self._front
+        if front is None:
+            raise RuntimeError("add_insecure_port() before start()")
+        self._started = True
+        self._loop = asyncio.get_running_loop()
+        native = [(path, h) for path, h in self._handlers.items() if _served_natively(h)]
+        ids = front.add_methods([(path, False) for path, _ in native])
+        self._methods = {
+            method_id: (h.unary_unary, h.request_deserializer, h.response_serializer)
+            for method_id, (_, h) in zip(ids, native, strict=True)
+        }
+        self._fallback_dir = tempfile.mkdtemp(prefix="etcdpy-streams-")
+        path = os.path.join(self._fallback_dir, "fallback.sock")
+        self._fallback = await self._loop.create_unix_server(self._stream_server.protocol, path=path)
+        front.set_fallback(path)
+        front.start()
+        threading.Thread(target=self._pump, name="native-grpc-pump", daemon=True).start()
+
+    async def stop(self, grace: float | None) -> None:
+        """Refuse new calls, give running ones `grace` seconds, then cancel them and close."""
+        if self._stopping:
+            await self._terminated.wait()
+            return
+        self._stopping = True
+        if self._fallback is not None:
+            self._fallback.close()
+        tasks = [c.task for c in self._calls.values() if c.task is not None]
+        if grace and tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._front is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._front.close)
+        if self._fallback_dir is not None:
+            shutil.rmtree(self._fallback_dir, ignore_errors=True)
+        self._terminated.set()
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self._terminated.wait(), timeout)
+        except TimeoutError:
+            return True
+        return False
+
+    # -- the calls ---------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """The front's events to the loop, a batch per wake-up (a thread: `recv_batch` blocks, without the GIL)."""
+        front, loop = self._front, self._loop
+        assert front is not None and loop is not None
+        while (events := front.recv_batch_details(EVENT_BATCH)) is not None:
+            try:
+                loop.call_soon_threadsafe(self._on_events, events)
+            except RuntimeError:  # the loop closed without stop()
+                front.close()
+                return
+
+    def _on_events(self, events: list[tuple[Any, ...]]) -> None:
+        front, loop, calls, methods = self._front, self._loop, self._calls, self._methods
+        assert front is not None and loop is not None
+        for kind, call_id, method_id, payload, _, details in events:
+            if kind == EVENT_CANCEL:
+                ctx = calls.get(call_id)
+                if ctx is not None:
+                    ctx.client_gone = True
+                    if ctx.task is not None:
+                        ctx.task.cancel()
+                continue
+            if self._stopping:
+                front.fail(call_id, _UNAVAILABLE, "Server is shutting down")
+                continue
+            ctx = NativeContext(call_id, *details)
+            calls[call_id] = ctx
+            ctx.task = loop.create_task(self._serve(ctx, methods[method_id], payload))
+
+    async def _serve(self, ctx: NativeContext, method: Method, payload: bytes) -> None:
+        """Decode, run the handler, answer; whatever happens the call is answered once."""
+        front = self._front
+        assert front is not None
+        handler, decode, encode = method
+        call_id = ctx.call_id
+        try:
+            limit = self._receive_limit
+            if limit is not None and len(payload) > limit:
+                front.fail(
+                    call_id,
+                    _RESOURCE_EXHAUSTED,
+                    f"SERVER: Received message larger than max ({len(payload)} vs. {limit})",
+                )
+                return
+            try:
+                request = payload if decode is None else decode(payload)
+            except Exception:  # noqa: BLE001 - grpc answers any decoding failure this way
+                log.warning("Exception deserializing request!", exc_info=True)
+                front.fail(call_id, _INTERNAL, "Exception deserializing request!")
+                return
+            try:
+                response = await handler(request, ctx)
+            except grpc.aio.AbortError:
+                self._fail(ctx)
+                return
+            except asyncio.CancelledError:
+                # A cancel from the client or its deadline needs no answer (the front gave it).
+                if not ctx.client_gone and not self._stopping:
+                    front.fail(call_id, _CANCELLED, "Cancelled")
+                return
+            except Exception as e:  # noqa: BLE001 - a handler bug becomes UNKNOWN, as in grpc.aio
+                log.exception("unexpected error in RPC handler")
+                front.fail(call_id, _UNKNOWN, f"Unexpected {type(e)}: {e}")
+                return
+            if ctx._code is not None and ctx._code != grpc.StatusCode.OK:
+                self._fail(ctx)
+                return
+            self._respond(ctx, response, encode)
+        finally:
+            ctx.finished = True
+            self._calls.pop(call_id, None)
+            for callback in ctx._callbacks:
+                try:
+                    callback(ctx)
+                except Exception:  # noqa: BLE001 - a done callback cannot fail the call
+                    log.exception("error in an RPC done callback")
+
+    def _respond(self, ctx: NativeContext, response: Any, encode: Callable[[Any], bytes] | None) -> None:
+        front = self._front
+        assert front is not None
+        try:
+            data = response if encode is None else encode(response)
+            if not isinstance(data, bytes):
+                raise TypeError(f"expected bytes, got {type(data).__name__}")
+        except Exception:  # noqa: BLE001 - grpc answers any encoding failure this way
+            log.exception("Failed to serialize response!")
+            front.fail(ctx.call_id, _INTERNAL, "Failed to serialize response!")
+            return
+        limit = self._send_limit
+        if limit is not None and len(data) > limit:
+            front.fail(
+                ctx.call_id, _RESOURCE_EXHAUSTED, f"SERVER: Sent message larger than max ({len(data)} vs. {limit})"
+            )
+            return
+        trailing = ctx._trailing
+        front.respond(ctx.call_id, data, None, list(trailing) if trailing else None)
+
+    def _fail(self, ctx: NativeContext) -> None:
+        """End the call with the status the handler set (UNKNOWN if it set none, or OK)."""
+        code = ctx._code
+        if code is None or code == grpc.StatusCode.OK:
+            code = grpc.StatusCode.UNKNOWN
+        trailing = ctx._trailing
+        self._front.fail(ctx.call_id, _code(code), ctx._details, list(trailing) if trailing else None)  # type: ignore[union-attr]
+
+
+def _served_natively(handler: grpc.RpcMethodHandler) -> bool:
+    """Unary calls whose handler is a coroutine function; the rest go to the stream server."""
+    return (
+        not handler.request_streaming
+        and not handler.response_streaming
+        and inspect.iscoroutinefunction(handler.unary_unary)
+    )

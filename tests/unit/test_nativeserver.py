@@ -1,0 +1,208 @@
+"""etcdpy's driver of pygrpc-native's front (etcdpy.api.nativeserver), against a real grpcio client.
+
+Each case is a status a client can see, as grpc.aio would give it: the handler's answer with
+its trailing metadata, abort() with code and details, a handler bug, an undecodable or
+oversized request, a deadline that passes while the handler waits (the handler's task is
+cancelled), metadata and the deadline as the handler sees them, and the methods the front
+does not serve (streams) reaching the stream server behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from etcdpy.api.h2grpc import H2GrpcServer
+from etcdpy.api.nativeserver import NativeServer, front_settings
+from etcdpy.pb import kv_pb2, rpc_pb2
+
+SERVICE = "t.S"
+
+
+class _Handlers:
+    """The test service; records what its handlers saw."""
+
+    def __init__(self) -> None:
+        self.seen_metadata: list[dict[str, Any]] = []
+        self.remaining: list[float | None] = []
+        self.cancelled = asyncio.Event()
+        self.done_codes: list[Any] = []
+
+    async def echo(self, request: rpc_pb2.RangeRequest, context: Any) -> rpc_pb2.RangeResponse:
+        self.seen_metadata.append(dict(context.invocation_metadata()))
+        self.remaining.append(context.time_remaining())
+        context.set_trailing_metadata((("answered-by", "native"),))
+        context.add_done_callback(lambda ctx: self.done_codes.append(ctx.code()))
+        return rpc_pb2.RangeResponse(count=len(request.key))
+
+    async def abort(self, request: rpc_pb2.RangeRequest, context: Any) -> rpc_pb2.RangeResponse:
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: " + request.key.decode())
+        raise AssertionError("abort returned")
+
+    async def bug(self, request: rpc_pb2.RangeRequest, context: Any) -> rpc_pb2.RangeResponse:
+        raise KeyError("missing")
+
+    async def set_code(self, request: rpc_pb2.RangeRequest, context: Any) -> rpc_pb2.RangeResponse:
+        context.set_code(grpc.StatusCode.NOT_FOUND)
+        context.set_details("nothing here")
+        return rpc_pb2.RangeResponse()
+
+    async def slow(self, request: rpc_pb2.RangeRequest, context: Any) -> rpc_pb2.RangeResponse:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return rpc_pb2.RangeResponse()
+
+    async def big(self, request: rpc_pb2.RangeRequest, context: Any) -> rpc_pb2.RangeResponse:
+        return rpc_pb2.RangeResponse(kvs=[kv_pb2.KeyValue(key=b"k", value=b"v" * 5000)])
+
+    async def chat(self, requests: Any, context: Any) -> AsyncIterator[rpc_pb2.RangeResponse]:
+        async for req in requests:
+            yield rpc_pb2.RangeResponse(count=len(req.key) + 1000)
+
+
+def _unary(fn: Callable[..., Awaitable[Any]]) -> grpc.RpcMethodHandler:
+    return grpc.unary_unary_rpc_method_handler(
+        fn,
+        request_deserializer=rpc_pb2.RangeRequest.FromString,
+        response_serializer=rpc_pb2.RangeResponse.SerializeToString,
+    )
+
+
+def _run(check: Callable[[grpc.aio.Channel, _Handlers, H2GrpcServer], Awaitable[None]], options: Any = ()) -> _Handlers:
+    """Serve the test service natively on a loopback port, run `check` with a client channel."""
+    h = _Handlers()
+    handlers = {
+        "Echo": _unary(h.echo),
+        "Abort": _unary(h.abort),
+        "Bug": _unary(h.bug),
+        "SetCode": _unary(h.set_code),
+        "Slow": _unary(h.slow),
+        "Big": _unary(h.big),
+        "Chat": grpc.stream_stream_rpc_method_handler(
+            h.chat,
+            request_deserializer=rpc_pb2.RangeRequest.FromString,
+            response_serializer=rpc_pb2.RangeResponse.SerializeToString,
+        ),
+    }
+    streams = H2GrpcServer({f"/{SERVICE}/{k}": v for k, v in handlers.items()}, 1 << 20)
+
+    async def main() -> None:
+        server = NativeServer(list(options), streams)
+        server.add_registered_method_handlers(SERVICE, handlers)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                await check(ch, h, streams)
+        finally:
+            await server.stop(1)
+            streams.close()
+
+    asyncio.run(main())
+    return h
+
+
+def _call(ch: grpc.aio.Channel, method: str) -> Any:
+    return ch.unary_unary(
+        f"/{SERVICE}/{method}",
+        request_serializer=rpc_pb2.RangeRequest.SerializeToString,
+        response_deserializer=rpc_pb2.RangeResponse.FromString,
+    )
+
+
+async def _status(call: Any) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    return info.value.code(), info.value.details() or ""
+
+
+def test_answer_with_trailing_metadata_metadata_deadline_and_done_callback() -> None:
+    async def check(ch: grpc.aio.Channel, h: _Handlers, _: H2GrpcServer) -> None:
+        call = _call(ch, "Echo")(rpc_pb2.RangeRequest(key=b"abc"), metadata=(("token", "t1"),), timeout=20)
+        assert (await call).count == 3
+        assert ("answered-by", "native") in tuple(await call.trailing_metadata())
+        assert (await _call(ch, "Echo")(rpc_pb2.RangeRequest(key=b"x"))).count == 1  # no deadline
+
+    h = _run(check)
+    assert h.seen_metadata[0].get("token") == "t1" and "token" not in h.seen_metadata[1]
+    assert h.remaining[0] is not None and 0 < h.remaining[0] <= 20
+    assert h.remaining[1] is None
+    assert h.done_codes == [None, None]
+
+
+def test_abort_set_code_and_a_handler_bug() -> None:
+    async def check(ch: grpc.aio.Channel, h: _Handlers, _: H2GrpcServer) -> None:
+        assert await _status(_call(ch, "Abort")(rpc_pb2.RangeRequest(key=b"too late"))) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "etcdserver: too late",
+        )
+        assert await _status(_call(ch, "SetCode")(rpc_pb2.RangeRequest())) == (grpc.StatusCode.NOT_FOUND, "nothing here")
+        code, details = await _status(_call(ch, "Bug")(rpc_pb2.RangeRequest()))
+        assert code == grpc.StatusCode.UNKNOWN and details == "Unexpected <class 'KeyError'>: 'missing'"
+
+    _run(check)
+
+
+def test_undecodable_and_oversized_requests_and_answers() -> None:
+    async def check(ch: grpc.aio.Channel, h: _Handlers, _: H2GrpcServer) -> None:
+        raw = ch.unary_unary(f"/{SERVICE}/Echo")  # bytes in, bytes out
+        assert await _status(raw(b"\xff\xff\xff")) == (grpc.StatusCode.INTERNAL, "Exception deserializing request!")
+        code, details = await _status(_call(ch, "Echo")(rpc_pb2.RangeRequest(key=b"k" * 3000)))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert details.startswith("SERVER: Received message larger than max (300"), details
+        code, details = await _status(_call(ch, "Big")(rpc_pb2.RangeRequest()))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert details.startswith("SERVER: Sent message larger than max (50"), details
+
+    _run(check, options=[("grpc.max_receive_message_length", 2048), ("grpc.max_send_message_length", 4096)])
+
+
+def test_a_passed_deadline_cancels_the_handler() -> None:
+    async def check(ch: grpc.aio.Channel, h: _Handlers, _: H2GrpcServer) -> None:
+        code, _details = await _status(_call(ch, "Slow")(rpc_pb2.RangeRequest(), timeout=0.3))
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+        await asyncio.wait_for(h.cancelled.wait(), 10)
+
+    _run(check)
+
+
+def test_streams_go_to_the_stream_server_and_unknown_methods_are_unimplemented() -> None:
+    async def check(ch: grpc.aio.Channel, h: _Handlers, streams: H2GrpcServer) -> None:
+        assert (await _call(ch, "Echo")(rpc_pb2.RangeRequest(key=b"a"))).count == 1  # the native front's connection
+        chat = ch.stream_stream(
+            f"/{SERVICE}/Chat",
+            request_serializer=rpc_pb2.RangeRequest.SerializeToString,
+            response_deserializer=rpc_pb2.RangeResponse.FromString,
+        )()
+        await chat.write(rpc_pb2.RangeRequest(key=b"ab"))
+        assert (await asyncio.wait_for(chat.read(), 10)).count == 1002
+        assert streams.connections  # it came through the front's relay
+        await chat.done_writing()
+        code, _details = await _status(_call(ch, "Nope")(rpc_pb2.RangeRequest()))
+        assert code == grpc.StatusCode.UNIMPLEMENTED
+
+    _run(check)
+
+
+def test_front_settings_map_the_options_a_client_can_notice() -> None:
+    receive, send, front = front_settings(
+        [
+            ("grpc.max_receive_message_length", 10),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.max_concurrent_streams", 2**40),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_time_ms", "soon"),  # not an integer: ignored, as grpc-core does
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ]
+    )
+    assert (receive, send) == (10, None)
+    assert front == {"keepalive_permit_without_calls": True, "max_concurrent_streams": 2**32 - 1, "reuse_port": False}
+    assert front_settings([])[0] == 4 * 1024 * 1024
