@@ -936,10 +936,21 @@ async def _in_thread(fn):  # type: ignore[no-untyped-def]
     return await asyncio.to_thread(fn)
 
 
-def test_range_wire_is_the_encoding_of_the_decoded_answer(node: Node) -> None:
-    """range_wire_async passes the stored KeyValues on undecoded; for every request it takes, its
-    bytes must be those of encoding the answer `range` builds. Random requests, seed printed."""
+def _wire(node: Node, req: RR, worker_calls: list[object] | None = None) -> bytes:
+    """The bytes `range_wire_plan` answers; a big range's loader is run on a thread, as the server does."""
     import asyncio
+
+    answer = node.applier.range_wire_plan(req, _wire_header())
+    if isinstance(answer, bytes):
+        return answer
+    if worker_calls is not None:
+        worker_calls.append(answer)
+    return asyncio.run(asyncio.to_thread(answer))
+
+
+def test_range_wire_is_the_encoding_of_the_decoded_answer(node: Node) -> None:
+    """range_wire_plan passes the stored KeyValues on undecoded; for every request it takes, its
+    bytes must be those of encoding the answer `range` builds. Random requests, seed printed."""
     import random
 
     seed = random.randrange(1 << 30)
@@ -967,7 +978,7 @@ def test_range_wire_is_the_encoding_of_the_decoded_answer(node: Node) -> None:
             want = _decoded_answer_bytes(node, req)
         except errors.EtcdError:
             continue
-        got = asyncio.run(node.applier.range_wire_async(req, _in_thread, _wire_header()))
+        got = _wire(node, req)
         assert got == want, req
         checked += 1
     assert checked > 300
@@ -975,21 +986,15 @@ def test_range_wire_is_the_encoding_of_the_decoded_answer(node: Node) -> None:
 
 def test_range_wire_of_a_big_range_built_on_the_worker(node: Node) -> None:
     """Enough values for the worker-thread load; limit and descending order cut and reverse the same way."""
-    import asyncio
 
     from etcdpy.mvcc.kvstore import LOAD_IN_WORKER_MIN
 
     for i in range(LOAD_IN_WORKER_MIN + 50):
         node.put(b"big/%05d" % i, b"v%d" % i)
-    calls = []
-
-    async def worker(fn):  # type: ignore[no-untyped-def]
-        calls.append(fn)
-        return await asyncio.to_thread(fn)
-
+    calls: list[object] = []
     for kw in ({}, {"sort_order": DESCEND}, {"limit": LOAD_IN_WORKER_MIN + 10}, {"sort_order": DESCEND, "limit": 5}):
         req = RR(key=b"big/", range_end=b"big0", **kw)  # type: ignore[arg-type]
-        got = asyncio.run(node.applier.range_wire_async(req, worker, _wire_header()))
+        got = _wire(node, req, calls)
         assert got == _decoded_answer_bytes(node, req), kw
     assert len(calls) == 4  # each loaded on the worker: a sorted range loads every key before the limit cuts
 

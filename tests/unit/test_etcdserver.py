@@ -293,3 +293,35 @@ def test_failed_snapshot_is_not_retried_on_every_apply_pass(tmp_path: Path) -> N
             await s.stop()
 
     asyncio.run(run())
+
+
+def test_linearizable_reads_share_a_round_and_a_cancelled_reader_cancels_only_itself(tmp_path: Path) -> None:
+    """Reads arriving together wait on one ReadIndex round, each on its own future: one reader
+    cancelled (a client gone) leaves the others waiting, and they all see a write applied
+    before they asked. Stopping the member fails whoever still waits with ErrStopped."""
+
+    async def run() -> None:
+        s = await _started(_cfg(tmp_path))
+        stopped = False
+        try:
+            await s.process_internal_raft_request(_put(b"k", b"1"))
+            readers = [asyncio.ensure_future(s.linearizable_read_notify()) for _ in range(5)]
+            readers[2].cancel()
+            async with asyncio.timeout(10):
+                done = await asyncio.gather(*readers, return_exceptions=True)
+            assert isinstance(done[2], asyncio.CancelledError)
+            assert [d for i, d in enumerate(done) if i != 2] == [None] * 4
+            # A round in flight when the member stops: its readers get ErrStopped, none hangs.
+            late = s.linearizable_read_notify()
+            await s.stop()
+            stopped = True
+            with pytest.raises(errors.ErrStopped):
+                async with asyncio.timeout(10):
+                    await late
+            with pytest.raises(errors.ErrStopped):
+                s.linearizable_read_notify()
+        finally:
+            if not stopped:
+                await s.stop()
+
+    asyncio.run(run())

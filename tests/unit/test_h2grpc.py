@@ -105,7 +105,7 @@ def test_unary_call_with_metadata_deadline_and_trailers() -> None:
         assert trailers["x-trail"] == "t" and trailers["x-trail-bin"] == b"\x00\x01"
         md = dict(svc.metadata)
         assert md["token"] == "abc" and md["k-bin"] == b"\xff\x00"
-        assert svc.remaining is not None and 0 < svc.remaining <= 5
+        assert svc.remaining is not None and 0 < svc.remaining <= 5.5  # grpc-timeout is rounded up on the wire
 
     _serve(body)
 

@@ -132,7 +132,7 @@ def test_answer_with_trailing_metadata_metadata_deadline_and_done_callback() -> 
 
     h = _run(check)
     assert h.seen_metadata[0].get("token") == "t1" and "token" not in h.seen_metadata[1]
-    assert h.remaining[0] is not None and 0 < h.remaining[0] <= 20
+    assert h.remaining[0] is not None and 0 < h.remaining[0] <= 20.5  # grpc-timeout is rounded up on the wire
     assert h.remaining[1] is None
     assert h.done_codes == [None, None]
 

@@ -115,7 +115,7 @@ class EtcdServer:
         self.raft: RaftNode | None = None
         self._idgen: IdGenerator | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._read_waiters: asyncio.Future[None] | None = None
+        self._read_waiters: list[asyncio.Future[None]] | None = None
         self._read_signal = asyncio.Event()
         self._read_states: dict[bytes, asyncio.Future[int]] = {}
         self._snapshotting = False
@@ -721,14 +721,14 @@ class EtcdServer:
         resp: rpc_pb2.RangeResponse = await self._range(req, auth, wire=False)
         return resp
 
-    async def range_wire(self, req: rpc_pb2.RangeRequest, auth: AuthInfo | None = None) -> bytes:
+    def range_wire(self, req: rpc_pb2.RangeRequest, auth: AuthInfo | None = None) -> Coroutine[Any, Any, bytes]:
         """The Range answer already serialized: a big one is encoded on the worker thread that built it.
 
         Encoding 100k KeyValues takes the loop thread 0.1 s or more; the gRPC service sends
-        these bytes as they are (etcd's Range, same wire format).
+        these bytes as they are (etcd's Range, same wire format). Returns `_range`'s coroutine
+        itself rather than awaiting it in one more frame (this is on every Range's path).
         """
-        data: bytes = await self._range(req, auth, wire=True)
-        return data
+        return self._range(req, auth, wire=True)  # type: ignore[no-any-return]
 
     async def _range(self, req: rpc_pb2.RangeRequest, auth: AuthInfo | None, wire: bool) -> Any:
         if not req.serializable:
@@ -739,25 +739,26 @@ class EtcdServer:
         header = rpc_pb2.ResponseHeader()
         self.fill_header(header, with_revision=False)
         backend = self.kv.backend
+        passthrough = wire and range_passes_values_through(req)
 
         def finalize(resp: rpc_pb2.RangeResponse) -> Any:
             h = resp.header
             h.cluster_id, h.member_id, h.raft_term = header.cluster_id, header.member_id, header.raft_term
             return resp.SerializeToString() if wire else resp
 
-        def answer(run_in_worker: Any) -> Any:
-            """The encoded answer from stored bytes where it can be, else the decoded one."""
-            if wire and range_passes_values_through(req):
-                return self.applier.range_wire_async(req, run_in_worker, header)
-            return self.applier.range_async(req, run_in_worker, finalize)
-
         if not req.range_end and not req.count_only and backend.open_for_loop_reads():
             # One key: planned, loaded and answered right here without an await (the small
             # path), so the DB cannot close meanwhile and needs no hold (were it ever not
             # small, run_in_worker takes the hold itself).
-            return await answer(backend.run_in_worker)
+            if passthrough:
+                answer = self.applier.range_wire_plan(req, header)
+                return answer if isinstance(answer, bytes) else await backend.run_in_worker(answer)
+            return await self.applier.range_async(req, backend.run_in_worker, finalize)
         async with backend.hold():  # the DB stays open from the plan to the end of the load
-            return await answer(backend.in_thread)
+            if passthrough:
+                answer = self.applier.range_wire_plan(req, header)
+                return answer if isinstance(answer, bytes) else await backend.in_thread(answer)
+            return await self.applier.range_async(req, backend.in_thread, finalize)
 
     async def put(self, req: rpc_pb2.PutRequest, auth: AuthInfo | None = None) -> rpc_pb2.PutResponse:
         resp = await self.process_internal_raft_request(raft_internal_pb2.InternalRaftRequest(put=req), auth)
@@ -968,14 +969,23 @@ class EtcdServer:
 
     # ------------------------------------------------------------------ linearizable reads
 
-    async def linearizable_read_notify(self) -> None:
-        """Wait until this member has applied everything committed before the call (ReadIndex)."""
+    def linearizable_read_notify(self) -> asyncio.Future[None]:
+        """Wait until this member has applied everything committed before the call (ReadIndex).
+
+        Each caller gets its own future (a cancelled caller cancels only its own) and the
+        next ReadIndex round settles all of them. A plain function returning the future,
+        not a coroutine: a Range awaits this on every call.
+        """
         if self._stopped:
             raise errors.ErrStopped()
-        if self._read_waiters is None:
-            self._read_waiters = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._read_waiters
+        if waiters is None:
+            self._read_waiters = [fut]
             self._read_signal.set()
-        await asyncio.shield(self._read_waiters)
+        else:
+            waiters.append(fut)
+        return fut
 
     async def _linearizable_read_loop(self) -> None:
         """One ReadIndex round at a time serves every read that arrived before it started."""
@@ -983,21 +993,18 @@ class EtcdServer:
             await self._read_signal.wait()
             self._read_signal.clear()
             waiters, self._read_waiters = self._read_waiters, None
-            if waiters is None:
+            if not waiters:
                 continue
             try:
                 index = await self._request_read_index()
                 await self.applied_wait.wait(index)
             except errors.EtcdError as e:
-                if not waiters.done():
-                    waiters.set_exception(e)
+                _settle(waiters, e)
                 continue
             except asyncio.CancelledError:
-                if not waiters.done():
-                    waiters.set_exception(errors.ErrStopped())
+                _settle(waiters, errors.ErrStopped())
                 raise
-            if not waiters.done():
-                waiters.set_result(None)
+            _settle(waiters, None)
 
     async def _request_read_index(self) -> int:
         assert self.raft is not None and self._idgen is not None
@@ -1405,8 +1412,9 @@ class EtcdServer:
             await self.transport.stop()
         self.wait.fail_all(errors.ErrStopped())
         self.applied_wait.fail_all(errors.ErrStopped())
-        if self._read_waiters is not None and not self._read_waiters.done():
-            self._read_waiters.set_exception(errors.ErrStopped())
+        if self._read_waiters is not None:
+            _settle(self._read_waiters, errors.ErrStopped())
+            self._read_waiters = None
         if self.raft is not None:
             self.raft.close()
         if self.watchable is not None:  # watch: stop its loops before the store closes
@@ -1440,6 +1448,16 @@ async def _probe_members(urls: list[str], timeout: float = 1.0, tls: TLSInfo | N
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _settle(waiters: list[asyncio.Future[None]], error: Exception | None) -> None:
+    """End every read waiter still waiting (a cancelled one is done already)."""
+    for fut in waiters:
+        if not fut.done():
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
 
 
 def is_txn_serializable(req: rpc_pb2.TxnRequest) -> bool:
