@@ -119,3 +119,47 @@ def test_native_servers_stream_fallback_is_our_h2_server() -> None:
     asyncio.run(main())
     assert seen and all(n >= 1 for n in seen), seen
     assert not streams.connections  # stopped with the native server
+
+
+def test_native_server_without_our_stream_server_is_pygrpc_natives_own() -> None:
+    """``ETCDPY_STREAM_SERVER=grpcio``: pygrpc-native's aio server, streams on its grpc.aio fallback.
+
+    Not otherwise run in CI: a unary and a bidirectional call must both work on it.
+    """
+    import asyncio
+
+    import pygrpc_native.aio
+
+    from etcdpy.api.grpcbackend import native_server
+    from etcdpy.api.nativeserver import NativeServer
+
+    async def unary(request: bytes, context: Any) -> bytes:
+        return b"u:" + request
+
+    async def chat(requests: Any, context: Any) -> Any:
+        async for req in requests:
+            yield b"s:" + req
+
+    handlers = {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Chat": grpc.stream_stream_rpc_method_handler(chat),
+    }
+
+    async def main() -> None:
+        server = native_server([], None)
+        assert isinstance(server, pygrpc_native.aio.Server) and not isinstance(server, NativeServer)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.S", handlers),))
+        server.add_registered_method_handlers("t.S", handlers)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                assert await ch.unary_unary("/t.S/Unary")(b"a", timeout=10) == b"u:a"
+                call = ch.stream_stream("/t.S/Chat")()
+                await call.write(b"x")
+                assert await asyncio.wait_for(call.read(), 10) == b"s:x"
+                await call.done_writing()
+        finally:
+            await server.stop(1)
+
+    asyncio.run(main())
