@@ -72,6 +72,23 @@ def test_server_turns_grpc_fork_handlers_off_unless_the_user_chose(monkeypatch: 
     assert os.environ["GRPC_ENABLE_FORK_SUPPORT"] == "true"
 
 
+def _unary_and_chat(on_message: Any) -> dict[str, grpc.RpcMethodHandler]:
+    """A unary echo and a bidirectional echo (calling `on_message` per message), raw bytes."""
+
+    async def unary(request: bytes, context: Any) -> bytes:
+        return b"u:" + request
+
+    async def chat(requests: Any, context: Any) -> Any:
+        async for req in requests:
+            on_message()
+            yield b"s:" + req
+
+    return {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Chat": grpc.stream_stream_rpc_method_handler(chat),
+    }
+
+
 def test_native_servers_stream_fallback_is_our_h2_server() -> None:
     """A stream on a connection pygrpc-native serves is relayed to the H2GrpcServer, not to grpc.aio.
 
@@ -85,19 +102,7 @@ def test_native_servers_stream_fallback_is_our_h2_server() -> None:
     from etcdpy.api.h2grpc import H2GrpcServer
 
     seen: list[int] = []
-
-    async def unary(request: bytes, context: Any) -> bytes:
-        return b"u:" + request
-
-    async def chat(requests: Any, context: Any) -> Any:
-        async for req in requests:
-            seen.append(len(streams.connections))
-            yield b"s:" + req
-
-    handlers = {
-        "Unary": grpc.unary_unary_rpc_method_handler(unary),
-        "Chat": grpc.stream_stream_rpc_method_handler(chat),
-    }
+    handlers = _unary_and_chat(lambda: seen.append(len(streams.connections)))
     streams = H2GrpcServer({f"/t.S/{k}": h for k, h in handlers.items()}, 1 << 20)
 
     async def main() -> None:
@@ -133,17 +138,7 @@ def test_native_server_without_our_stream_server_is_pygrpc_natives_own() -> None
     from etcdpy.api.grpcbackend import native_server
     from etcdpy.api.nativeserver import NativeServer
 
-    async def unary(request: bytes, context: Any) -> bytes:
-        return b"u:" + request
-
-    async def chat(requests: Any, context: Any) -> Any:
-        async for req in requests:
-            yield b"s:" + req
-
-    handlers = {
-        "Unary": grpc.unary_unary_rpc_method_handler(unary),
-        "Chat": grpc.stream_stream_rpc_method_handler(chat),
-    }
+    handlers = _unary_and_chat(lambda: None)
 
     async def main() -> None:
         server = native_server([], None)
