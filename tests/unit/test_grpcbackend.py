@@ -89,6 +89,27 @@ def _unary_and_chat(on_message: Any) -> dict[str, grpc.RpcMethodHandler]:
     }
 
 
+async def _unary_then_chat(server: Any, handlers: dict[str, grpc.RpcMethodHandler], messages: list[bytes]) -> None:
+    """Register `handlers` (both forms, as the registry does), start `server`, make a unary call,
+    then on the same connection a bidirectional one echoing `messages`; stop the server."""
+    import asyncio
+
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.S", handlers),))
+    server.add_registered_method_handlers("t.S", handlers)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            assert await ch.unary_unary("/t.S/Unary")(b"a", timeout=10) == b"u:a"
+            call = ch.stream_stream("/t.S/Chat")()
+            for msg in messages:
+                await call.write(msg)
+                assert await asyncio.wait_for(call.read(), 10) == b"s:" + msg
+            await call.done_writing()
+    finally:
+        await server.stop(1)
+
+
 def test_native_servers_stream_fallback_is_our_h2_server() -> None:
     """A stream on a connection pygrpc-native serves is relayed to the H2GrpcServer, not to grpc.aio.
 
@@ -105,23 +126,7 @@ def test_native_servers_stream_fallback_is_our_h2_server() -> None:
     handlers = _unary_and_chat(lambda: seen.append(len(streams.connections)))
     streams = H2GrpcServer({f"/t.S/{k}": h for k, h in handlers.items()}, 1 << 20)
 
-    async def main() -> None:
-        server = native_server([], streams)
-        server.add_registered_method_handlers("t.S", handlers)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-                assert await ch.unary_unary("/t.S/Unary")(b"a", timeout=10) == b"u:a"
-                call = ch.stream_stream("/t.S/Chat")()
-                for i in range(3):
-                    await call.write(str(i).encode())
-                    assert await asyncio.wait_for(call.read(), 10) == b"s:" + str(i).encode()
-                await call.done_writing()
-        finally:
-            await server.stop(1)
-
-    asyncio.run(main())
+    asyncio.run(_unary_then_chat(native_server([], streams), handlers, [b"0", b"1", b"2"]))
     assert seen and all(n >= 1 for n in seen), seen
     assert not streams.connections  # stopped with the native server
 
@@ -140,21 +145,6 @@ def test_native_server_without_our_stream_server_is_pygrpc_natives_own() -> None
 
     handlers = _unary_and_chat(lambda: None)
 
-    async def main() -> None:
-        server = native_server([], None)
-        assert isinstance(server, pygrpc_native.aio.Server) and not isinstance(server, NativeServer)
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.S", handlers),))
-        server.add_registered_method_handlers("t.S", handlers)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-                assert await ch.unary_unary("/t.S/Unary")(b"a", timeout=10) == b"u:a"
-                call = ch.stream_stream("/t.S/Chat")()
-                await call.write(b"x")
-                assert await asyncio.wait_for(call.read(), 10) == b"s:x"
-                await call.done_writing()
-        finally:
-            await server.stop(1)
-
-    asyncio.run(main())
+    server = native_server([], None)
+    assert isinstance(server, pygrpc_native.aio.Server) and not isinstance(server, NativeServer)
+    asyncio.run(_unary_then_chat(server, handlers, [b"x"]))

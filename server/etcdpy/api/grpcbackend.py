@@ -106,9 +106,9 @@ def native_server(options: Sequence[tuple[str, Any]], stream_server: H2GrpcServe
     Without one (``ETCDPY_STREAM_SERVER=grpcio``) it is pygrpc-native's own grpc.aio server,
     which starts a grpc.aio server for the streams.
     """
-    import pygrpc_native.aio
-
     if stream_server is None:
+        import pygrpc_native.aio
+
         return pygrpc_native.aio.server(options=list(options))
     from etcdpy.api.nativeserver import NativeServer
 

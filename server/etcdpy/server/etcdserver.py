@@ -746,19 +746,23 @@ class EtcdServer:
             h.cluster_id, h.member_id, h.raft_term = header.cluster_id, header.member_id, header.raft_term
             return resp.SerializeToString() if wire else resp
 
+        def answer(run_in_worker: Any) -> Any:
+            """The encoded answer from stored bytes where it can be (bytes when small, no
+            coroutine), else an awaitable of it or of the decoded one."""
+            if passthrough:
+                plan = self.applier.range_wire_plan(req, header)
+                return plan if isinstance(plan, bytes) else run_in_worker(plan)
+            return self.applier.range_async(req, run_in_worker, finalize)
+
         if not req.range_end and not req.count_only and backend.open_for_loop_reads():
             # One key: planned, loaded and answered right here without an await (the small
             # path), so the DB cannot close meanwhile and needs no hold (were it ever not
             # small, run_in_worker takes the hold itself).
-            if passthrough:
-                answer = self.applier.range_wire_plan(req, header)
-                return answer if isinstance(answer, bytes) else await backend.run_in_worker(answer)
-            return await self.applier.range_async(req, backend.run_in_worker, finalize)
+            result = answer(backend.run_in_worker)
+            return result if isinstance(result, bytes) else await result
         async with backend.hold():  # the DB stays open from the plan to the end of the load
-            if passthrough:
-                answer = self.applier.range_wire_plan(req, header)
-                return answer if isinstance(answer, bytes) else await backend.in_thread(answer)
-            return await self.applier.range_async(req, backend.in_thread, finalize)
+            result = answer(backend.in_thread)
+            return result if isinstance(result, bytes) else await result
 
     async def put(self, req: rpc_pb2.PutRequest, auth: AuthInfo | None = None) -> rpc_pb2.PutResponse:
         resp = await self.process_internal_raft_request(raft_internal_pb2.InternalRaftRequest(put=req), auth)
