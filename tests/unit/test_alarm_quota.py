@@ -224,6 +224,37 @@ def test_over_quota_write_is_applied_but_answered_nospace(tmp_path: Path) -> Non
         w.close()
 
 
+def test_the_applier_skips_the_gate_only_while_the_gate_has_nothing_to_say(tmp_path: Path) -> None:
+    """`passes_kv_writes` is the applier's shortcut past the gate: true only with no alarm, the
+    alarms in sync with the store and the quota holding any request; otherwise the gate decides."""
+    size = [0]
+    limit = COST_BOUND_PER_BYTE * (1000 + REQUEST_ENVELOPE_BYTES) + 10_000  # far enough below at size 0
+    q = BackendQuota(lambda: size[0], limit, max_request_bytes=1000)
+    q.size()
+    w = World(tmp_path / "db", q)
+    gate = w.applier.alarm
+    assert gate is not None
+    try:
+        assert gate.passes_kv_writes() and q.surely_fits()
+        assert w.apply(_put(b"k", b"v")).err is None
+        size[0] = limit  # the quota is reached: the gate must see the next write
+        q.invalidate()
+        q.size()
+        assert not q.surely_fits() and not gate.passes_kv_writes()
+        assert isinstance(w.apply(_put(b"k", b"v2")).err, errors.ErrGRPCNoSpace)
+        size[0] = 0
+        q.invalidate()
+        q.size()
+        assert gate.passes_kv_writes()
+        w.apply(_alarm(AR.ACTIVATE, 1, NOSPACE))
+        assert not gate.passes_kv_writes()
+        assert isinstance(w.apply(_txn([_op_put(b"x")])).err, errors.ErrGRPCNoSpace)
+        w.apply(_alarm(AR.DEACTIVATE, 1, NOSPACE))
+        assert gate.passes_kv_writes() and w.apply(_txn([_op_put(b"x")])).err is None
+    finally:
+        w.close()
+
+
 def test_alarm_string_is_gos_text_format() -> None:
     assert alarm_string(pb.AlarmMember(memberID=42, alarm=NOSPACE)) == "memberID:42 alarm:NOSPACE "
     assert alarm_string(pb.AlarmMember(memberID=42, alarm=pb.NONE)) == "memberID:42 "

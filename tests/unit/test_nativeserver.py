@@ -16,8 +16,10 @@ from typing import Any
 import grpc
 import pytest
 
+from etcdpy.api.grpcmetrics import counted_handler
 from etcdpy.api.h2grpc import H2GrpcServer
-from etcdpy.api.nativeserver import NativeServer, front_settings
+from etcdpy.api.nativeserver import NativeServer, _method, front_settings
+from etcdpy.metrics import GrpcCounters
 from etcdpy.pb import kv_pb2, rpc_pb2
 
 SERVICE = "t.S"
@@ -75,8 +77,16 @@ def _unary(fn: Callable[..., Awaitable[Any]]) -> grpc.RpcMethodHandler:
     )
 
 
-def _run(check: Callable[[grpc.aio.Channel, _Handlers, H2GrpcServer], Awaitable[None]], options: Any = ()) -> _Handlers:
-    """Serve the test service natively on a loopback port, run `check` with a client channel."""
+def _run(
+    check: Callable[[grpc.aio.Channel, _Handlers, H2GrpcServer], Awaitable[None]],
+    options: Any = (),
+    counters: GrpcCounters | None = None,
+) -> _Handlers:
+    """Serve the test service natively on a loopback port, run `check` with a client channel.
+
+    With `counters`, every handler is wrapped by grpcmetrics' `counted_handler` first, as the
+    member's listeners do.
+    """
     h = _Handlers()
     handlers = {
         "Echo": _unary(h.echo),
@@ -91,6 +101,8 @@ def _run(check: Callable[[grpc.aio.Channel, _Handlers, H2GrpcServer], Awaitable[
             response_serializer=rpc_pb2.RangeResponse.SerializeToString,
         ),
     }
+    if counters is not None:
+        handlers = {k: counted_handler(counters, f"/{SERVICE}/{k}", v) for k, v in handlers.items()}
     streams = H2GrpcServer({f"/{SERVICE}/{k}": v for k, v in handlers.items()}, 1 << 20)
 
     async def main() -> None:
@@ -148,6 +160,38 @@ def test_abort_set_code_and_a_handler_bug() -> None:
         assert code == grpc.StatusCode.UNKNOWN and details == "Unexpected <class 'KeyError'>: 'missing'"
 
     _run(check)
+
+
+def test_counted_handlers_are_counted_by_outcome_without_their_wrapper() -> None:
+    """The native server unwraps grpcmetrics' counting coroutine and counts around the handler
+    itself: the same started/handled counts, by the code each call ended with."""
+    counters = GrpcCounters()
+
+    async def check(ch: grpc.aio.Channel, h: _Handlers, _: H2GrpcServer) -> None:
+        for _ in range(2):
+            await _call(ch, "Echo")(rpc_pb2.RangeRequest(key=b"a"))
+        for method in ("Abort", "SetCode", "Bug"):
+            await _status(_call(ch, method)(rpc_pb2.RangeRequest()))
+        await _status(_call(ch, "Slow")(rpc_pb2.RangeRequest(), timeout=0.3))
+        await asyncio.wait_for(h.cancelled.wait(), 10)
+        for _ in range(100):  # the cancelled handler's task finishes just after the event is set
+            if counters.handled.get(("unary", SERVICE, "Slow", "Canceled")):
+                break
+            await asyncio.sleep(0.01)
+
+    _run(check, counters=counters)
+    assert {k[2]: v for k, v in counters.started.items() if v} == {
+        "Echo": 2, "Abort": 1, "SetCode": 1, "Bug": 1, "Slow": 1
+    }
+    assert {(k[2], k[3]): v for k, v in counters.handled.items()} == {
+        ("Echo", "OK"): 2,
+        ("Abort", "FailedPrecondition"): 1,
+        ("SetCode", "NotFound"): 1,
+        ("Bug", "Unknown"): 1,
+        ("Slow", "Canceled"): 1,
+    }
+    wrapped = counted_handler(counters, f"/{SERVICE}/Echo", _unary(_Handlers().echo))
+    assert _method(wrapped)[0] is not wrapped.unary_unary  # the wrapper coroutine is not run per call
 
 
 def test_undecodable_and_oversized_requests_and_answers() -> None:

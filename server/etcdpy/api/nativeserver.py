@@ -40,6 +40,7 @@ from typing import Any
 import grpc
 from pygrpc_native import EVENT_CANCEL, NativeGrpcFront
 
+from etcdpy.api.grpcmetrics import CountedCall, counted_call
 from etcdpy.api.h2grpc import BaseServicerContext, H2GrpcServer
 
 log = logging.getLogger("etcdpy.api")
@@ -124,7 +125,10 @@ class NativeContext(BaseServicerContext):
         raise NotImplementedError("etcdpy's unary handlers send no initial metadata")
 
 
-Method = tuple[Callable[..., Any], Callable[[bytes], Any] | None, Callable[[Any], bytes] | None]
+Method = tuple[
+    Callable[..., Any], Callable[[bytes], Any] | None, Callable[[Any], bytes] | None, CountedCall | None
+]
+"""(handler, request decoder, response encoder, how the call is counted if it is)."""
 """A natively served method: the coroutine handler, the request decoder, the response encoder."""
 
 
@@ -179,8 +183,7 @@ class NativeServer:
         native = [(path, h) for path, h in self._handlers.items() if _served_natively(h)]
         ids = front.add_methods([(path, False) for path, _ in native])
         self._methods = {
-            method_id: (h.unary_unary, h.request_deserializer, h.response_serializer)
-            for method_id, (_, h) in zip(ids, native, strict=True)
+            method_id: _method(h) for method_id, (_, h) in zip(ids, native, strict=True)
         }
         self._fallback_dir = tempfile.mkdtemp(prefix="etcdpy-streams-")
         path = os.path.join(self._fallback_dir, "fallback.sock")
@@ -251,7 +254,7 @@ class NativeServer:
         """Decode, run the handler, answer; whatever happens the call is answered once."""
         front = self._front
         assert front is not None
-        handler, decode, encode = method
+        handler, decode, encode, counted = method
         call_id = ctx.call_id
         try:
             limit = self._receive_limit
@@ -268,20 +271,27 @@ class NativeServer:
                 log.warning("Exception deserializing request!", exc_info=True)
                 front.fail(call_id, _INTERNAL, "Exception deserializing request!")
                 return
+            if counted is not None:  # grpcmetrics' wrapper, inline: one coroutine frame fewer per call
+                counted.started[counted.key] += 1
             try:
                 response = await handler(request, ctx)
-            except grpc.aio.AbortError:
-                self._fail(ctx)
+            except BaseException as e:
+                if counted is not None:
+                    counted.done(ctx, e)
+                if isinstance(e, grpc.aio.AbortError):
+                    self._fail(ctx)
+                elif isinstance(e, asyncio.CancelledError):
+                    # A cancel from the client or its deadline needs no answer (the front gave it).
+                    if not ctx.client_gone and not self._stopping:
+                        front.fail(call_id, _CANCELLED, "Cancelled")
+                elif isinstance(e, Exception):  # a handler bug becomes UNKNOWN, as in grpc.aio
+                    log.exception("unexpected error in RPC handler")
+                    front.fail(call_id, _UNKNOWN, f"Unexpected {type(e)}: {e}")
+                else:
+                    raise  # KeyboardInterrupt, SystemExit: not the call's business
                 return
-            except asyncio.CancelledError:
-                # A cancel from the client or its deadline needs no answer (the front gave it).
-                if not ctx.client_gone and not self._stopping:
-                    front.fail(call_id, _CANCELLED, "Cancelled")
-                return
-            except Exception as e:  # noqa: BLE001 - a handler bug becomes UNKNOWN, as in grpc.aio
-                log.exception("unexpected error in RPC handler")
-                front.fail(call_id, _UNKNOWN, f"Unexpected {type(e)}: {e}")
-                return
+            if counted is not None:
+                counted.done(ctx, None)
             if ctx._code is not None and ctx._code != grpc.StatusCode.OK:
                 self._fail(ctx)
                 return
@@ -322,6 +332,13 @@ class NativeServer:
             code = grpc.StatusCode.UNKNOWN
         trailing = ctx._trailing
         self._front.fail(ctx.call_id, _code(code), ctx._details, list(trailing) if trailing else None)  # type: ignore[union-attr]
+
+
+def _method(handler: grpc.RpcMethodHandler) -> Method:
+    """How `_serve` runs a unary handler: a counted one is unwrapped and counted by `_serve` itself."""
+    counted = counted_call(handler.unary_unary)
+    behavior = handler.unary_unary if counted is None else counted.behavior
+    return behavior, handler.request_deserializer, handler.response_serializer, counted
 
 
 def _served_natively(handler: grpc.RpcMethodHandler) -> bool:

@@ -276,17 +276,22 @@ class Applier:
         back and an empty write records the consistent index. Any other exception
         is a bug that could make members diverge, so it propagates (etcd panics).
         """
-        if self.alarm is not None:
-            handled = self.alarm.apply(req, index, term)
-            if handled is not None:
-                return handled
-        if self.auth is not None:
-            handled = self.auth.apply(req, index, term)
-            if handled is not None:
-                return handled
-        if req.HasField("compaction"):
-            return self._apply_compaction(req.compaction, index, term)
-        op = self._dispatch(req)
+        alarm, auth = self.alarm, self.auth
+        op = None
+        if (alarm is None or alarm.passes_kv_writes()) and (auth is None or auth.passes_kv_requests()):
+            op = self._kv_write(req)  # the usual entry: neither gate has anything to say about it
+        if op is None:
+            if alarm is not None:
+                handled = alarm.apply(req, index, term)
+                if handled is not None:
+                    return handled
+            if auth is not None:
+                handled = auth.apply(req, index, term)
+                if handled is not None:
+                    return handled
+            if req.HasField("compaction"):
+                return self._apply_compaction(req.compaction, index, term)
+            op = self._dispatch(req)
         view = _View(self.store, self.store.write())
         write = view.writer()
         try:
@@ -303,6 +308,16 @@ class Applier:
         if events and self._full_lessor is not None:
             self._full_lessor.on_kv_changes(events)
         return ApplyResult(resp=resp, err=None, events=events)
+
+    def _kv_write(self, req: raft_internal_pb2.InternalRaftRequest) -> Callable[[_View], Any] | None:
+        """The handler of a Put, Txn or DeleteRange entry (`_dispatch`'s), None for any other request."""
+        if req.HasField("txn"):
+            return lambda view: self._txn(view, req.txn)
+        if req.HasField("put"):
+            return lambda view: self._put(view, req.put, rpc_pb2.PutResponse(), in_txn=False)
+        if req.HasField("delete_range"):
+            return lambda view: self._delete_range(view, req.delete_range, rpc_pb2.DeleteRangeResponse())
+        return None
 
     def _dispatch(self, req: raft_internal_pb2.InternalRaftRequest) -> Callable[[_View], Any]:
         """Pick the handler for the one request set in `req`, in etcd's order."""

@@ -631,15 +631,34 @@ class EtcdServer:
         """
         return (await self._process(req, auth)).resp
 
-    async def _process(
+    def _process(
         self, req: raft_internal_pb2.InternalRaftRequest, auth: AuthInfo | None = None
-    ) -> ApplyResult:
-        """`process_internal_raft_request` returning the whole apply result (Compact needs physc)."""
+    ) -> Awaitable[ApplyResult]:
+        """`process_internal_raft_request` returning the whole apply result (Compact needs physc).
+
+        A plain function returning the proposal's awaitable, not a coroutine: the checks run
+        (and raise) when it is called, and the caller's await goes straight to the one
+        propose-and-wait coroutine. Every write passes here, and each coroutine layer on the
+        way costs its creation and a resume per request.
+        """
         if self._stopped:
             raise errors.ErrStopped()
         m = self.maintenance
         if m is not None and not m.quota_allows(req):
-            await m.check_quota(req)  # etcd's quota check comes before everything else (raises NOSPACE)
+            return self._process_after_quota_check(m, req, auth)
+        return self._propose(req, auth)
+
+    async def _process_after_quota_check(
+        self, m: MaintenanceOps, req: raft_internal_pb2.InternalRaftRequest, auth: AuthInfo | None
+    ) -> ApplyResult:
+        """The write that may not fit: etcd's quota check comes before everything else (raises NOSPACE)."""
+        await m.check_quota(req)
+        return await self._propose(req, auth)
+
+    def _propose(
+        self, req: raft_internal_pb2.InternalRaftRequest, auth: AuthInfo | None
+    ) -> Awaitable[ApplyResult]:
+        """Stamp the request's id (and caller), encode it, and hand it to propose-and-wait."""
         p = self.progress
         if p.committed_index > p.applied_index + MAX_GAP_BETWEEN_APPLY_AND_COMMIT:
             raise errors.ErrTooManyRequests()
@@ -652,7 +671,7 @@ class EtcdServer:
         data = req.SerializeToString()
         if len(data) > self.cfg.max_request_bytes:
             raise errors.ErrRequestTooLarge()
-        return await self._propose_and_wait(req_id, data)
+        return self._propose_and_wait(req_id, data)
 
     async def _propose_and_wait(self, req_id: int, data: bytes) -> ApplyResult:
         """Register, propose, await the apply; every way out removes the registration."""
@@ -765,7 +784,7 @@ class EtcdServer:
             return result if isinstance(result, bytes) else await result
 
     async def put(self, req: rpc_pb2.PutRequest, auth: AuthInfo | None = None) -> rpc_pb2.PutResponse:
-        resp = await self.process_internal_raft_request(raft_internal_pb2.InternalRaftRequest(put=req), auth)
+        resp = (await self._process(raft_internal_pb2.InternalRaftRequest(put=req), auth)).resp
         self.fill_header(resp.header)
         return resp
 
@@ -773,7 +792,7 @@ class EtcdServer:
         self, req: rpc_pb2.DeleteRangeRequest, auth: AuthInfo | None = None
     ) -> rpc_pb2.DeleteRangeResponse:
         irr = raft_internal_pb2.InternalRaftRequest(delete_range=req)
-        resp = await self.process_internal_raft_request(irr, auth)
+        resp = (await self._process(irr, auth)).resp
         self.fill_header(resp.header)
         return resp
 
@@ -786,7 +805,7 @@ class EtcdServer:
             self.auth_store.check_txn_permitted(auth, req)
             resp = self.applier.txn_read_only(req)
         else:
-            resp = await self.process_internal_raft_request(raft_internal_pb2.InternalRaftRequest(txn=req), auth)
+            resp = (await self._process(raft_internal_pb2.InternalRaftRequest(txn=req), auth)).resp
         self.fill_header(resp.header)
         return resp
 
@@ -1172,9 +1191,7 @@ class EtcdServer:
         self._trigger(req, result)
 
     def _trigger(self, req: raft_internal_pb2.InternalRaftRequest, result: ApplyResult) -> None:
-        req_id = req.header.ID or req.ID
-        if self.wait.is_registered(req_id):
-            self.wait.trigger(req_id, result)
+        self.wait.trigger(req.header.ID or req.ID, result)  # a no-op unless this member's caller waits
 
     def _apply_conf_change(self, ent: Entry) -> None:
         """Apply a committed membership change, or refuse it identically on every member.

@@ -122,6 +122,15 @@ class BackendQuota:
         """Measure again on the next question (after a defragmentation or a restore)."""
         self._measured_at = None
 
+    def surely_fits(self) -> bool:
+        """Whether any request at all fits against the size last measured, without measuring.
+
+        The apply step's usual answer to `available(req, measure=False)`, without looking at
+        the request: its per-entry question is then one comparison.
+        """
+        bound = self._any_request_cost
+        return self._measured_at is not None and bound is not None and self._size + bound < self.max_bytes
+
     def available(self, req: raft_internal_pb2.InternalRaftRequest, measure: bool = True) -> bool:
         """etcd's Available: free requests always pass; others need size + cost < quota.
 
