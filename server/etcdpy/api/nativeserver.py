@@ -128,8 +128,8 @@ class NativeContext(BaseServicerContext):
 Method = tuple[
     Callable[..., Any], Callable[[bytes], Any] | None, Callable[[Any], bytes] | None, CountedCall | None
 ]
-"""(handler, request decoder, response encoder, how the call is counted if it is)."""
-"""A natively served method: the coroutine handler, the request decoder, the response encoder."""
+"""A natively served method: the coroutine handler, the request decoder, the response encoder,
+and how the call is counted if it is."""
 
 
 class NativeServer:
@@ -143,11 +143,14 @@ class NativeServer:
         self._front: NativeGrpcFront | None = None
         self._methods: dict[int, Method] = {}
         self._calls: dict[int, NativeContext] = {}
+        # Answers of this loop pass, sent together at its end (see `_send_answers`).
+        self._answers: list[tuple[int, bytes, list[tuple[str, Any]] | None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fallback: asyncio.AbstractServer | None = None
         self._fallback_dir: str | None = None
         self._started = False
         self._stopping = False
+        self._closed = False
         self._terminated = asyncio.Event()
 
     # -- what grpc.aio.Server has and Listeners uses ---------------------------------------
@@ -206,6 +209,8 @@ class NativeServer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._send_answers()
+        self._closed = True
         if self._front is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._front.close)
         if self._fallback_dir is not None:
@@ -323,7 +328,28 @@ class NativeServer:
             )
             return
         trailing = ctx._trailing
-        front.respond(ctx.call_id, data, None, list(trailing) if trailing else None)
+        answers = self._answers
+        if not answers:
+            self._loop.call_soon(self._send_answers)  # type: ignore[union-attr]
+        answers.append((ctx.call_id, data, list(trailing) if trailing else None))
+
+    def _send_answers(self) -> None:
+        """Hand the front every answer queued since the last time, back to back.
+
+        Why not one by one as each call finishes: `respond` wakes a sleeping tokio thread
+        when there is none awake, and that wake-up is most of its cost (measured under the
+        range bench: half the calls took ~1 us of loop CPU, the others 3-10 us, 4 us on
+        average). Calls finish in bunches (one raft apply or one ReadIndex round wakes many),
+        so answering a bunch together pays for about one wake-up; it runs at the end of the
+        same loop pass, so no answer waits for anything but the calls finishing beside it.
+        """
+        answers, self._answers = self._answers, []
+        front = self._front
+        if front is None or self._closed:
+            return
+        respond = front.respond
+        for call_id, data, trailing in answers:
+            respond(call_id, data, None, trailing)
 
     def _fail(self, ctx: NativeContext) -> None:
         """End the call with the status the handler set (UNKNOWN if it set none, or OK)."""
