@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -71,16 +70,16 @@ def _read_back(path: Path) -> tuple[HardState, list[int]]:
 def _run_writer(tmp_path: Path, body: Callable[[WalWriter, GatedWAL], Awaitable[None]]) -> GatedWAL:
     """Run `body` against a writer over a gated real WAL, then close both (the WAL is returned)."""
     wal = GatedWAL(WAL.create(str(tmp_path / "wal"), b""))
-    pool = ThreadPoolExecutor(max_workers=1)
+    writer = WalWriter(wal)  # type: ignore[arg-type]
 
     async def main() -> None:
-        await body(WalWriter(wal, pool), wal)  # type: ignore[arg-type]
+        await body(writer, wal)
 
     try:
         asyncio.run(main())
     finally:
         wal.release.set()
-        pool.shutdown(wait=True)
+        writer.close()
         wal.close()
     return wal
 
@@ -101,6 +100,28 @@ def test_saves_queued_during_a_sync_share_the_next_one(tmp_path: Path) -> None:
     hs, indexes = _read_back(tmp_path / "wal")
     assert indexes == list(range(1, 9))
     assert (hs.term, hs.vote, hs.commit) == (1, 1, 4)  # the newest hard state of the merged saves
+
+
+def test_close_writes_what_is_queued_and_then_refuses_more(tmp_path: Path) -> None:
+    """The writer's thread is its own: close() lets it finish the queue, then ends it."""
+    ran: list[str] = []
+
+    async def body(writer: WalWriter, wal: GatedWAL) -> None:
+        wal.release.clear()
+        first = writer.save(HardState(1, 1, 0), _entries(1, 2))
+        await _wait_for(lambda: len(wal.saved) == 1)
+        later = writer.save(HardState(1, 1, 2), _entries(3, 1))
+        call = writer.call(lambda: ran.append("after the saves"))
+        threading.Timer(0.2, wal.release.set).start()
+        writer.close()  # blocks until the thread has written everything queued and ended
+        assert not writer._thread.is_alive()
+        assert wal.saved == [[1, 2], [3]] and ran == ["after the saves"]
+        await asyncio.gather(first, later, call)
+        with pytest.raises(RuntimeError, match="closed"):
+            writer.save(None, _entries(4, 1))
+
+    _run_writer(tmp_path, body)
+    assert _read_back(tmp_path / "wal")[1] == [1, 2, 3]
 
 
 def test_a_merged_save_keeps_a_later_truncation(tmp_path: Path) -> None:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections import deque
 from itertools import islice
 from collections.abc import Awaitable, Callable
@@ -146,8 +145,7 @@ class RaftNode:
         self._wake = asyncio.Event()
         self._stopped = False
         # One thread: the WAL has one writer, and the fsyncs must stay in order.
-        self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal")
-        self._writer = WalWriter(wal, self._disk)
+        self._writer = WalWriter(wal)
         # WAL writes queued and not yet durable, oldest first (they complete in this order).
         self._inflight: deque[_Write] = deque()
         self.max_writes_in_flight = max_writes_in_flight
@@ -430,5 +428,5 @@ class RaftNode:
         self._apply_space.set()
 
     def close(self) -> None:
-        self._disk.shutdown(wait=True)
+        self._writer.close()
         self.wal.close()
