@@ -310,7 +310,7 @@ class Applier:
         return ApplyResult(resp=resp, err=None, events=events)
 
     def _kv_write(self, req: raft_internal_pb2.InternalRaftRequest) -> Callable[[_View], Any] | None:
-        """The handler of a Put, Txn or DeleteRange entry (`_dispatch`'s), None for any other request."""
+        """The handler of a Put, Txn or DeleteRange entry, None for any other request."""
         if req.HasField("txn"):
             return lambda view: self._txn(view, req.txn)
         if req.HasField("put"):
@@ -320,15 +320,12 @@ class Applier:
         return None
 
     def _dispatch(self, req: raft_internal_pb2.InternalRaftRequest) -> Callable[[_View], Any]:
-        """Pick the handler for the one request set in `req`, in etcd's order."""
+        """Pick the handler for the one request set in `req` (an entry carries exactly one)."""
         if req.HasField("range"):
             return lambda view: self._range(view, req.range, rpc_pb2.RangeResponse())
-        if req.HasField("put"):
-            return lambda view: self._put(view, req.put, rpc_pb2.PutResponse(), in_txn=False)
-        if req.HasField("delete_range"):
-            return lambda view: self._delete_range(view, req.delete_range, rpc_pb2.DeleteRangeResponse())
-        if req.HasField("txn"):
-            return lambda view: self._txn(view, req.txn)
+        op = self._kv_write(req)
+        if op is not None:
+            return op
         lessor = self._full_lessor
         if lessor is not None:
             if req.HasField("lease_grant"):
