@@ -63,7 +63,7 @@ class _Round:
 class WalWriter:
     """Ordered disk work for one WAL on one thread; consecutive saves share one fdatasync."""
 
-    def __init__(self, wal: WAL, on_save: Callable[[float], None] | None = None, name: str = "wal-writer") -> None:
+    def __init__(self, wal: WAL, on_save: Callable[[float], None] | None = None) -> None:
         self.wal = wal
         self._cv = threading.Condition(threading.Lock())  # guards the queue and the flags below
         self._queue: list[_Save | _Call] = []
@@ -75,7 +75,7 @@ class WalWriter:
         self.saves = 0
         self.save_seconds = 0.0
         self._broken: BaseException | None = None  # the first failed save (writer thread only)
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = threading.Thread(target=self._run, name="wal-writer", daemon=True)
         self._thread.start()
 
     def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> asyncio.Future[None]:
