@@ -357,3 +357,22 @@ def test_check_intervals_returns_puts_and_deletes() -> None:
     puts, dels = validate.check_intervals([put(b"p"), dele(b"d", b"f"), txn_op(success=[put(b"q")])])
     assert puts == {b"p", b"q"}
     assert dels.contains(b"e") and dels.contains(b"d") and not dels.contains(b"f")
+
+
+@pytest.mark.parametrize(
+    "t,reads_only",
+    [
+        (txn(), True),
+        (txn(compare=[cmp()], success=[rng()], failure=[rng(b"a"), rng(b"b")]), True),
+        (txn(success=[rng(), put(b"p")]), False),
+        (txn(failure=[dele(b"d")]), False),
+        (txn(success=[rng()], failure=[rng(), put(b"p")]), False),
+        (txn(success=[txn_op(success=[rng()])]), False),  # a nested txn counts as a write, as in etcd
+    ],
+)
+def test_txn_check_answers_whether_it_only_reads(t: rpc_pb2.TxnRequest, reads_only: bool) -> None:
+    # The server takes this answer instead of asking isTxnReadonly again: it must be the same.
+    from etcdpy.server.apply import is_txn_read_only
+
+    assert validate.check_txn_request(t) is reads_only
+    assert is_txn_read_only(t) is reads_only

@@ -104,6 +104,17 @@ async def auth_info_from_metadata(
     return store.auth_info_from_token(token)
 
 
+def auth_required(server: EtcdServer) -> bool:
+    """Whether `auth_info` has anything to find out: auth is enabled.
+
+    The KV handlers ask this first and await `auth_info` only when it is true, so a
+    request on a server without auth creates no coroutine for it (each write and read
+    passes here).
+    """
+    store = server.auth_store
+    return store is not None and store.enabled
+
+
 async def auth_info(server: EtcdServer, context: grpc.aio.ServicerContext) -> AuthInfo | None:
     """The helper every service calls first: who is making this RPC."""
     store = server.auth_store

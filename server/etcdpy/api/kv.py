@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from etcdpy.api import validate
-from etcdpy.api.auth import auth_info
+from etcdpy.api.auth import auth_info, auth_required
 from etcdpy.api.status import rpc
 from etcdpy.pb import rpc_pb2, rpc_pb2_grpc
 from etcdpy.server.etcdserver import EtcdServer
@@ -18,14 +18,16 @@ class KVService(rpc_pb2_grpc.KVServicer):
     @rpc
     async def Range(self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.RangeResponse:
         validate.check_range_request(request)
-        return await self.server.range(request, await auth_info(self.server, context))
+        auth = await auth_info(self.server, context) if auth_required(self.server) else None
+        return await self.server.range(request, auth)
 
     @rpc
     async def RangeEncoded(self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext) -> bytes:
         """What the gRPC server runs for Range (see `add_to_server`): the answer comes encoded,
         a big one encoded on the worker thread that built it instead of on the loop."""
         validate.check_range_request(request)
-        return await self.server.range_wire(request, await auth_info(self.server, context))
+        auth = await auth_info(self.server, context) if auth_required(self.server) else None
+        return await self.server.range_wire(request, auth)
 
     def add_to_server(self, g: grpc.aio.Server) -> None:
         """Register like the generated `add_KVServicer_to_server`, but Range sends pre-encoded bytes."""
@@ -63,25 +65,29 @@ class KVService(rpc_pb2_grpc.KVServicer):
     @rpc
     async def Put(self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.PutResponse:
         validate.check_put_request(request)
-        return await self.server.put(request, await auth_info(self.server, context))
+        auth = await auth_info(self.server, context) if auth_required(self.server) else None
+        return await self.server.put(request, auth)
 
     @rpc
     async def DeleteRange(
         self, request: rpc_pb2.DeleteRangeRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.DeleteRangeResponse:
         validate.check_delete_request(request)
-        return await self.server.delete_range(request, await auth_info(self.server, context))
+        auth = await auth_info(self.server, context) if auth_required(self.server) else None
+        return await self.server.delete_range(request, auth)
 
     @rpc
     async def Txn(self, request: rpc_pb2.TxnRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.TxnResponse:
-        validate.check_txn_request(request, self.server.cfg.max_txn_ops)
-        return await self.server.txn(request, await auth_info(self.server, context))
+        read_only = validate.check_txn_request(request, self.server.cfg.max_txn_ops)
+        auth = await auth_info(self.server, context) if auth_required(self.server) else None
+        return await self.server.txn(request, auth, read_only)
 
     @rpc
     async def Compact(
         self, request: rpc_pb2.CompactionRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.CompactionResponse:
-        return await self.server.compact(request, await auth_info(self.server, context))
+        auth = await auth_info(self.server, context) if auth_required(self.server) else None
+        return await self.server.compact(request, auth)
 
 
 def _passthrough(resp: bytes | rpc_pb2.RangeResponse) -> bytes:

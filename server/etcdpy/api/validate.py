@@ -62,16 +62,22 @@ def check_delete_request(r: rpc_pb2.DeleteRangeRequest) -> None:
         raise errors.ErrEmptyKey()
 
 
-def check_txn_request(r: rpc_pb2.TxnRequest, max_txn_ops: int = DEFAULT_MAX_TXN_OPS) -> None:
-    """Everything etcd's kvServer.Txn checks before proposing a txn.
+def check_txn_request(r: rpc_pb2.TxnRequest, max_txn_ops: int = DEFAULT_MAX_TXN_OPS) -> bool:
+    """Everything etcd's kvServer.Txn checks before proposing a txn; returns whether it only reads.
 
     First the per-op rules for the whole tree (cheap), then the duplicate-key
-    rules per branch, which etcd runs last "to avoid quadratic blowup".
+    rules per branch, which etcd runs last "to avoid quadratic blowup". The answer is
+    etcd's isTxnReadonly (only ranges in both branches; a nested txn counts as a write),
+    which the checks find out on the way: the server needs it next, and asking it
+    again would look at every op a second time.
     """
-    for branch, nested in _check_txn_ops(r, max_txn_ops):
-        # One op alone cannot collide with anything: skip the interval bookkeeping for it.
-        if len(branch) > 1 or nested:
-            check_intervals(branch)
+    (success, nested_success), (failure, nested_failure), reads_only = _check_txn_ops(r, max_txn_ops)
+    # One op alone cannot collide with anything: skip the interval bookkeeping for it.
+    if len(success) > 1 or nested_success:
+        check_intervals(success)
+    if len(failure) > 1 or nested_failure:
+        check_intervals(failure)
+    return reads_only
 
 
 def check_txn_ops(r: rpc_pb2.TxnRequest, max_txn_ops: int = DEFAULT_MAX_TXN_OPS) -> None:
@@ -84,10 +90,12 @@ def check_txn_ops(r: rpc_pb2.TxnRequest, max_txn_ops: int = DEFAULT_MAX_TXN_OPS)
     _check_txn_ops(r, max_txn_ops)
 
 
-def _check_txn_ops(
-    r: rpc_pb2.TxnRequest, max_txn_ops: int
-) -> tuple[tuple[list[rpc_pb2.RequestOp], bool], tuple[list[rpc_pb2.RequestOp], bool]]:
-    """`check_txn_ops`, returning each branch (success, failure) as a list and whether it nests a txn.
+_Branch = tuple[list[rpc_pb2.RequestOp], bool]
+
+
+def _check_txn_ops(r: rpc_pb2.TxnRequest, max_txn_ops: int) -> tuple[_Branch, _Branch, bool]:
+    """`check_txn_ops`, returning each branch (success, failure) as a list and whether it nests
+    a txn, and whether every op of both branches is a range.
 
     The repeated fields are sliced into lists first: iterating a protobuf (upb) repeated
     field costs about a microsecond per loop even for one element, slicing it almost nothing.
@@ -101,13 +109,18 @@ def _check_txn_ops(
             raise errors.ErrEmptyKey()
     budget = max_txn_ops - opc
     nested_success = nested_failure = False
+    reads_only = True
     for op in success:
-        if check_request_op(op, budget) == "request_txn":
-            nested_success = True
+        kind = check_request_op(op, budget)
+        if kind != "request_range":
+            reads_only = False
+            nested_success = nested_success or kind == "request_txn"
     for op in failure:
-        if check_request_op(op, budget) == "request_txn":
-            nested_failure = True
-    return (success, nested_success), (failure, nested_failure)
+        kind = check_request_op(op, budget)
+        if kind != "request_range":
+            reads_only = False
+            nested_failure = nested_failure or kind == "request_txn"
+    return (success, nested_success), (failure, nested_failure), reads_only
 
 
 def check_request_op(op: rpc_pb2.RequestOp, max_txn_ops: int) -> str:
@@ -116,10 +129,10 @@ def check_request_op(op: rpc_pb2.RequestOp, max_txn_ops: int) -> str:
     Returns the op's kind (the name of the `request` field set).
     """
     kind = op.WhichOneof("request")
-    if kind == "request_range":
-        check_range_request(op.request_range)
-    elif kind == "request_put":
+    if kind == "request_put":
         check_put_request(op.request_put)
+    elif kind == "request_range":
+        check_range_request(op.request_range)
     elif kind == "request_delete_range":
         check_delete_request(op.request_delete_range)
     elif kind == "request_txn":

@@ -838,10 +838,18 @@ class TxnWrite:
 
     def put(self, key: bytes, value: bytes, lease: int = 0) -> None:
         """Put at (rev, next sub); keeps create_revision and bumps version of a live key."""
-        self._check_open()
+        if self._closed:
+            self._check_open()
         rev = self.rev
         sub = len(self.changes)
-        prev = self._latest(key)
+        pending = self._pending
+        prev: tuple[int, int] | None
+        if key in pending:  # `_latest`, inline: every put asks it
+            p = pending[key]
+            prev = None if p is None else (p.create_revision, p.version)
+        else:
+            got = self._s.index.get(key, self.begin_rev)
+            prev = None if got is None else (got[1].main, got[2])
         ev = Event()
         kv = ev.kv
         kv.key = key
@@ -888,10 +896,12 @@ class TxnWrite:
         The revision moves only if something changed, but the consistent index is
         stored either way, so a replayed WAL entry is recognised as applied.
         """
-        self._check_open()
+        if self._closed:
+            self._check_open()
         self._closed = True
         s = self._s
-        s._txn_done(self)
+        if s._txn is self:  # `_txn_done`, inline
+            s._txn = None
         shared = s._deferred
         if shared is not None:
             self.batch.copy_into(shared)

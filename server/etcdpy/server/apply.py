@@ -143,30 +143,35 @@ class _View:
     `begin` is the store revision when the request started; `rev` is the
     revision a response reports at this point: begin, or begin+1 once the write
     txn has changed something (etcd's storeTxnWrite.Rev() / Range revision).
+    `key_meta` and `range` are the underlying store's or txn's own functions, bound once
+    here: every compare and range of a txn calls them, and a forwarding method would
+    cost a call layer each time.
     """
+
+    __slots__ = ("begin", "write", "_store", "key_meta", "range")
 
     def __init__(self, store: KVStore, write: TxnWrite | None) -> None:
         self.begin = store.current_rev
         self.write = write
         self._store = store
-        self._reader = write.range if write is not None else store.range
+        self.key_meta: Callable[[bytes], tuple[int, int, int] | None]
+        self.range: Callable[..., RangeResult]
+        if write is not None:
+            self.key_meta = write.key_meta
+            self.range = write.range
+        else:
+            self.key_meta = self._store_key_meta
+            self.range = store.range
 
-    def key_meta(self, key: bytes) -> tuple[int, int, int] | None:
+    def _store_key_meta(self, key: bytes) -> tuple[int, int, int] | None:
         """(mod_revision, create_revision, version) of `key` here, None if absent; from the index alone."""
-        if self.write is not None:
-            return self.write.key_meta(key)
         got = self._store.index.get(key, self.begin)
         return None if got is None else (got[0].main, got[1].main, got[2])
 
-    def range(
-        self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0, count_only: bool = False
-    ) -> RangeResult:
-        return self._reader(key, end, rev=rev, limit=limit, count_only=count_only)
-
     @property
     def rev(self) -> int:
-        changed = self.write is not None and len(self.write.changes) > 0
-        return self.begin + 1 if changed else self.begin
+        write = self.write
+        return self.begin + 1 if write is not None and write.changes else self.begin
 
     def writer(self) -> TxnWrite:
         if self.write is None:
@@ -429,8 +434,45 @@ class Applier:
     # ------------------------------------------------------------------ Txn
 
     def _txn(self, view: _View, rt: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
-        """applierV3backend.Txn: compares, then checks, then ops — all on the path the compares chose."""
-        path = self._compare_to_path(view, rt)
+        """applierV3backend.Txn: compares, then checks, then ops — all on the path the compares chose.
+
+        The usual txn (kube-apiserver's every write) nests no txn in the branch it takes; it is
+        run from one list of its ops, each op's kind read once. A nested one takes
+        `_nested_txn`, which follows the path of compare outcomes through the tree.
+        """
+        ok = self._compares_hold(view, rt.compare[:])
+        ops = (rt.success if ok else rt.failure)[:]
+        kinds = [op.WhichOneof("request") for op in ops]
+        if "request_txn" in kinds:
+            return self._nested_txn(view, rt, ok)
+        # The checks, all of them before any op runs and on the pre-txn state, as in etcd. Only
+        # a put with a lease or an ignore_* flag, or a range at a revision, has anything to check.
+        for kind, op in zip(kinds, ops):
+            if kind == "request_put":
+                p = op.request_put
+                if p.lease or p.ignore_value or p.ignore_lease:
+                    self._check_put(view, p)
+        for kind, op in zip(kinds, ops):
+            if kind == "request_range" and op.request_range.revision:
+                self._check_range(view, op.request_range)
+        resp = rpc_pb2.TxnResponse(succeeded=ok)
+        add = resp.responses.add
+        for kind, op in zip(kinds, ops):
+            out = add()
+            if kind == "request_put":
+                self._put(view, op.request_put, out.response_put, in_txn=True)
+            elif kind == "request_range":
+                self._range(view, op.request_range, out.response_range)
+            elif kind == "request_delete_range":
+                self._delete_range(view, op.request_delete_range, out.response_delete_range)
+        resp.header.revision = view.rev
+        return resp
+
+    def _nested_txn(self, view: _View, rt: rpc_pb2.TxnRequest, ok: bool) -> rpc_pb2.TxnResponse:
+        """`_txn` for a txn whose branch taken nests txns: the outcome of every compare on the
+        way is decided first (on the pre-txn state), then every op on that path is checked,
+        then run."""
+        path = self._compare_to_path(view, rt, ok)
         ops = list(_ops_on_path(rt, iter(path)))
         for kind, op in ops:
             if kind == "request_put":
@@ -442,13 +484,20 @@ class Applier:
         resp.header.revision = view.rev
         return resp
 
-    def _compare_to_path(self, view: _View, rt: rpc_pb2.TxnRequest) -> list[bool]:
-        """compareToPath: each txn's outcome, pre-order over the branches taken, all on the pre-txn state."""
-        ok = True
-        for c in rt.compare[:]:  # a list: iterating a repeated field itself costs about 1 us a loop
+    def _compares_hold(self, view: _View, compares: list[rpc_pb2.Compare]) -> bool:
+        """Whether every compare of a txn holds (the first that fails decides)."""
+        for c in compares:
             if not self._apply_compare(view, c):
-                ok = False
-                break
+                return False
+        return True
+
+    def _compare_to_path(self, view: _View, rt: rpc_pb2.TxnRequest, ok: bool | None = None) -> list[bool]:
+        """compareToPath: each txn's outcome, pre-order over the branches taken, all on the pre-txn state.
+
+        `ok` is this txn's own outcome when the caller already evaluated its compares.
+        """
+        if ok is None:
+            ok = self._compares_hold(view, rt.compare[:])  # lists: iterating a repeated field costs ~1 us a loop
         path = [ok]
         for op in (rt.success if ok else rt.failure)[:]:
             if op.WhichOneof("request") == "request_txn":

@@ -796,8 +796,12 @@ class EtcdServer:
         self.fill_header(resp.header)
         return resp
 
-    async def txn(self, req: rpc_pb2.TxnRequest, auth: AuthInfo | None = None) -> rpc_pb2.TxnResponse:
-        if is_txn_read_only(req):
+    async def txn(
+        self, req: rpc_pb2.TxnRequest, auth: AuthInfo | None = None, read_only: bool | None = None
+    ) -> rpc_pb2.TxnResponse:
+        """A Txn; `read_only` is etcd's isTxnReadonly of `req` when the caller already knows it
+        (`etcdpy.api.validate.check_txn_request` answers it)."""
+        if is_txn_read_only(req) if read_only is None else read_only:
             # etcd answers read-only transactions without the log, like a Range.
             if not is_txn_serializable(req):
                 await self.linearizable_read_notify()
@@ -1163,8 +1167,11 @@ class EtcdServer:
         assert self.kv is not None and self.applier is not None
         req = raft_internal_pb2.InternalRaftRequest()
         req.ParseFromString(ent.data)
-        if req.HasField("put") or req.HasField("txn") or req.HasField("delete_range"):
-            self._apply_request(ent, req)
+        if req.HasField("txn") or req.HasField("put") or req.HasField("delete_range"):
+            # `_apply_request` for the usual entry: a KV write is never a member attribute
+            # update and never schedules a physical compaction.
+            if ent.index > self.kv.consistent_index:
+                self._trigger(req, self.applier.apply(req, ent.index, ent.term))
         else:
             # Only KV requests share the slice's batch: the others (leases, auth, alarms,
             # compaction, members) read and write buckets outside the store's staged view,
