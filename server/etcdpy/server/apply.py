@@ -515,8 +515,10 @@ class Applier:
             meta = view.key_meta(c.key)
             field, position = _INDEX_TARGETS[target]
             actual = 0 if meta is None else meta[position]  # a missing key compares as a zero KeyValue
-            expected = getattr(c, field) if c.WhichOneof("target_union") == field else 0
-            return _result_holds(c.result, _cmp(actual, expected))
+            # An operand set in another field of target_union reads as 0 here (proto3 oneof), the
+            # zero etcd compares with when the operand does not match the target.
+            expected = getattr(c, field)
+            return _result_holds(c.result, (actual > expected) - (actual < expected))
         try:
             kvs = view.range(c.key, c.range_end or None).kvs
         except errors.EtcdError:
