@@ -308,7 +308,7 @@ class Applier:
         except BaseException:
             write.abort()
             raise
-        events = list(write.changes)
+        events = write.changes  # the txn is over after `end`: its list is handed on as it is
         write.end(index, term)
         if events and self._full_lessor is not None:
             self._full_lessor.on_kv_changes(events)
@@ -460,7 +460,12 @@ class Applier:
         for kind, op in zip(kinds, ops):
             out = add()
             if kind == "request_put":
-                self._put(view, op.request_put, out.response_put, in_txn=True)
+                p = op.request_put
+                if p.prev_kv or p.ignore_value or p.ignore_lease:
+                    self._put(view, p, out.response_put, in_txn=True)
+                else:  # `_put` with nothing to read first: the plain put of kube-apiserver's writes
+                    view.writer().put(p.key, p.value, p.lease)
+                    out.response_put.header.revision = view.begin + 1
             elif kind == "request_range":
                 self._range(view, op.request_range, out.response_range)
             elif kind == "request_delete_range":
