@@ -632,9 +632,10 @@ class EtcdServer:
         return (await self._process(req, auth)).resp
 
     def _process(
-        self, req: raft_internal_pb2.InternalRaftRequest, auth: AuthInfo | None = None
-    ) -> Awaitable[ApplyResult]:
-        """`process_internal_raft_request` returning the whole apply result (Compact needs physc).
+        self, req: raft_internal_pb2.InternalRaftRequest, auth: AuthInfo | None = None, answer: bool = False
+    ) -> Awaitable[Any]:
+        """`process_internal_raft_request` returning the whole apply result (Compact needs physc),
+        or with `answer` the response itself, its header filled (what a KV write answers).
 
         A plain function returning the proposal's awaitable, not a coroutine: the checks run
         (and raise) when it is called, and the caller's await goes straight to the one
@@ -645,19 +646,19 @@ class EtcdServer:
             raise errors.ErrStopped()
         m = self.maintenance
         if m is not None and not m.quota_allows(req):
-            return self._process_after_quota_check(m, req, auth)
-        return self._propose(req, auth)
+            return self._process_after_quota_check(m, req, auth, answer)
+        return self._propose(req, auth, answer)
 
     async def _process_after_quota_check(
-        self, m: MaintenanceOps, req: raft_internal_pb2.InternalRaftRequest, auth: AuthInfo | None
-    ) -> ApplyResult:
+        self, m: MaintenanceOps, req: raft_internal_pb2.InternalRaftRequest, auth: AuthInfo | None, answer: bool
+    ) -> Any:
         """The write that may not fit: etcd's quota check comes before everything else (raises NOSPACE)."""
         await m.check_quota(req)
-        return await self._propose(req, auth)
+        return await self._propose(req, auth, answer)
 
     def _propose(
-        self, req: raft_internal_pb2.InternalRaftRequest, auth: AuthInfo | None
-    ) -> Awaitable[ApplyResult]:
+        self, req: raft_internal_pb2.InternalRaftRequest, auth: AuthInfo | None, answer: bool = False
+    ) -> Awaitable[Any]:
         """Stamp the request's id (and caller), encode it, and hand it to propose-and-wait."""
         p = self.progress
         if p.committed_index > p.applied_index + MAX_GAP_BETWEEN_APPLY_AND_COMMIT:
@@ -671,10 +672,15 @@ class EtcdServer:
         data = req.SerializeToString()
         if len(data) > self.cfg.max_request_bytes:
             raise errors.ErrRequestTooLarge()
-        return self._propose_and_wait(req_id, data)
+        return self._propose_and_wait(req_id, data, answer)
 
-    async def _propose_and_wait(self, req_id: int, data: bytes) -> ApplyResult:
-        """Register, propose, await the apply; every way out removes the registration."""
+    async def _propose_and_wait(self, req_id: int, data: bytes, answer: bool = False) -> Any:
+        """Register, propose, await the apply; every way out removes the registration.
+
+        Returns the ApplyResult, or with `answer` its response with the header filled: Put,
+        DeleteRange and Txn return this coroutine itself to their handler, so a write's
+        task resumes through one coroutine fewer than if they awaited it to fill the header.
+        """
         assert self.raft is not None
         fut = self.wait.register(req_id, self.cfg.request_timeout)
         start = time.monotonic()
@@ -703,6 +709,10 @@ class EtcdServer:
             raise errors.ErrStopped()
         if result.err is not None:
             raise result.err
+        if answer:
+            resp = result.resp
+            self.fill_header(resp.header)
+            return resp
         return result
 
     def _abandon(self, req_id: int, failed: bool = True) -> None:
@@ -783,33 +793,35 @@ class EtcdServer:
             result = answer(backend.in_thread)
             return result if isinstance(result, bytes) else await result
 
-    async def put(self, req: rpc_pb2.PutRequest, auth: AuthInfo | None = None) -> rpc_pb2.PutResponse:
-        resp = (await self._process(raft_internal_pb2.InternalRaftRequest(put=req), auth)).resp
-        self.fill_header(resp.header)
-        return resp
+    def put(self, req: rpc_pb2.PutRequest, auth: AuthInfo | None = None) -> Awaitable[rpc_pb2.PutResponse]:
+        """A Put through the log; awaiting it gives the answer (a plain function, see `_propose_and_wait`)."""
+        return self._process(raft_internal_pb2.InternalRaftRequest(put=req), auth, answer=True)
 
-    async def delete_range(
+    def delete_range(
         self, req: rpc_pb2.DeleteRangeRequest, auth: AuthInfo | None = None
-    ) -> rpc_pb2.DeleteRangeResponse:
-        irr = raft_internal_pb2.InternalRaftRequest(delete_range=req)
-        resp = (await self._process(irr, auth)).resp
-        self.fill_header(resp.header)
-        return resp
+    ) -> Awaitable[rpc_pb2.DeleteRangeResponse]:
+        """A DeleteRange through the log; awaiting it gives the answer."""
+        return self._process(raft_internal_pb2.InternalRaftRequest(delete_range=req), auth, answer=True)
 
-    async def txn(
+    def txn(
         self, req: rpc_pb2.TxnRequest, auth: AuthInfo | None = None, read_only: bool | None = None
-    ) -> rpc_pb2.TxnResponse:
-        """A Txn; `read_only` is etcd's isTxnReadonly of `req` when the caller already knows it
-        (`etcdpy.api.validate.check_txn_request` answers it)."""
+    ) -> Awaitable[rpc_pb2.TxnResponse]:
+        """A Txn; awaiting it gives the answer. `read_only` is etcd's isTxnReadonly of `req` when the
+        caller already knows it (`etcdpy.api.validate.check_txn_request` answers it).
+
+        etcd answers a read-only txn without the log, like a Range; a writing one goes through
+        the log, and its awaitable is the proposal's own (no coroutine of its own here).
+        """
         if is_txn_read_only(req) if read_only is None else read_only:
-            # etcd answers read-only transactions without the log, like a Range.
-            if not is_txn_serializable(req):
-                await self.linearizable_read_notify()
-            assert self.applier is not None and self.auth_store is not None
-            self.auth_store.check_txn_permitted(auth, req)
-            resp = self.applier.txn_read_only(req)
-        else:
-            resp = (await self._process(raft_internal_pb2.InternalRaftRequest(txn=req), auth)).resp
+            return self._txn_read_only(req, auth)
+        return self._process(raft_internal_pb2.InternalRaftRequest(txn=req), auth, answer=True)
+
+    async def _txn_read_only(self, req: rpc_pb2.TxnRequest, auth: AuthInfo | None) -> rpc_pb2.TxnResponse:
+        if not is_txn_serializable(req):
+            await self.linearizable_read_notify()
+        assert self.applier is not None and self.auth_store is not None
+        self.auth_store.check_txn_permitted(auth, req)
+        resp = self.applier.txn_read_only(req)
         self.fill_header(resp.header)
         return resp
 
