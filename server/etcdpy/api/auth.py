@@ -117,8 +117,7 @@ def auth_required(server: EtcdServer) -> bool:
 
 async def auth_info(server: EtcdServer, context: grpc.aio.ServicerContext) -> AuthInfo | None:
     """The helper every service calls first: who is making this RPC."""
-    store = server.auth_store
-    if store is None or not store.enabled:
+    if not auth_required(server):
         return None  # the common case costs no metadata scan
     return await auth_info_from_metadata(server, context.invocation_metadata(), context)
 

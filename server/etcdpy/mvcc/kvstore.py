@@ -824,16 +824,6 @@ class TxnWrite:
         got = self._s.index.get(key, self.begin_rev)
         return None if got is None else (got[0].main, got[1].main, got[2])
 
-    def _latest(self, key: bytes) -> tuple[int, int] | None:
-        """(create_revision, version) of `key` in this txn's view, None if absent."""
-        if key in self._pending:
-            p = self._pending[key]
-            return None if p is None else (p.create_revision, p.version)
-        got = self._s.index.get(key, self.begin_rev)
-        if got is None:
-            return None
-        return got[1].main, got[2]
-
     # -- writes ---------------------------------------------------------------
 
     def put(self, key: bytes, value: bytes, lease: int = 0) -> None:
@@ -844,7 +834,8 @@ class TxnWrite:
         sub = len(self.changes)
         pending = self._pending
         prev: tuple[int, int] | None
-        if key in pending:  # `_latest`, inline: every put asks it
+        # The key's (create_revision, version) in this txn's view, None if absent.
+        if key in pending:
             p = pending[key]
             prev = None if p is None else (p.create_revision, p.version)
         else:
