@@ -325,3 +325,17 @@ def test_linearizable_reads_share_a_round_and_a_cancelled_reader_cancels_only_it
                 await s.stop()
 
     asyncio.run(run())
+
+
+def test_members_draw_their_own_election_timeouts(tmp_path: Path) -> None:
+    # The raft core takes its randomness from its config; with the core's default seed every
+    # member drew the same randomized election timeouts, and followers that lost a leader at the
+    # same heartbeat kept splitting the vote (a 9 s election in test_kill_leader_under_load).
+    from etcdpy.raft.storage import MemoryStorage
+
+    draws = []
+    for name in ("a", "b"):
+        server = EtcdServer(_cfg(tmp_path / name))
+        rand = server._raft_config(MemoryStorage(), 0).rand
+        draws.append([rand.randrange(10) for _ in range(30)])
+    assert draws[0] != draws[1]  # equal by chance with probability 10**-30

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -515,6 +516,15 @@ class EtcdServer:
         return await self._lease_ttl_local(rpc_pb2.LeaseTimeToLiveRequest(ID=lease_id, keys=keys))
 
     def _raft_config(self, storage: MemoryStorage, applied: int) -> RaftConfig:
+        """The raft core's configuration for this member.
+
+        The core draws its randomized election timeouts from the `rand` it is given (it has no
+        clock or entropy of its own, so tests can replay it); a member must give it its own
+        entropy. With the core's default (one fixed seed) every member drew the same timeouts,
+        so followers that lost the same leader at the same heartbeat campaigned together, split
+        the vote, and did it again the next round: an election after a leader crash took 9 s
+        instead of about one election timeout (seen in `test_kill_leader_under_load`).
+        """
         return RaftConfig(
             id=self.member_id,
             storage=storage,
@@ -523,6 +533,7 @@ class EtcdServer:
             applied=applied,
             check_quorum=True,
             pre_vote=True,
+            rand=random.Random(),  # seeded from os.urandom
         )
 
     def _bootstrap(self) -> tuple[RawNode, MemoryStorage, WAL, Snapshotter]:
