@@ -24,10 +24,18 @@ class KVService(rpc_pb2_grpc.KVServicer):
     # coroutine the gRPC server runs): without auth a request's task then resumes through one
     # coroutine fewer, and none is made just to learn that the caller need not be known.
 
-    async def _as_caller(
+    def _as_caller(
+        self, context: grpc.aio.ServicerContext, call: Callable[[AuthInfo | None], Awaitable[T]]
+    ) -> Awaitable[T]:
+        """`call` with who is calling: `call(None)` itself while auth is off, else a coroutine
+        that learns the caller first."""
+        if auth_required(self.server):
+            return self._learn_caller_then(context, call)
+        return call(None)
+
+    async def _learn_caller_then(
         self, context: grpc.aio.ServicerContext, call: Callable[[AuthInfo | None], Awaitable[T]]
     ) -> T:
-        """`call` with who is calling: the handlers' way when auth is on."""
         return await call(await auth_info(self.server, context))
 
     @rpc
@@ -35,18 +43,14 @@ class KVService(rpc_pb2_grpc.KVServicer):
         self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext
     ) -> Awaitable[rpc_pb2.RangeResponse]:
         validate.check_range_request(request)
-        if auth_required(self.server):
-            return self._as_caller(context, lambda auth: self.server.range(request, auth))
-        return self.server.range(request, None)
+        return self._as_caller(context, lambda auth: self.server.range(request, auth))
 
     @rpc
     def RangeEncoded(self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext) -> Awaitable[bytes]:
         """What the gRPC server runs for Range (see `add_to_server`): the answer comes encoded,
         a big one encoded on the worker thread that built it instead of on the loop."""
         validate.check_range_request(request)
-        if auth_required(self.server):
-            return self._as_caller(context, lambda auth: self.server.range_wire(request, auth))
-        return self.server.range_wire(request, None)
+        return self._as_caller(context, lambda auth: self.server.range_wire(request, auth))
 
     def add_to_server(self, g: grpc.aio.Server) -> None:
         """Register like the generated `add_KVServicer_to_server`, but Range sends pre-encoded bytes."""
@@ -84,32 +88,25 @@ class KVService(rpc_pb2_grpc.KVServicer):
     @rpc
     def Put(self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext) -> Awaitable[rpc_pb2.PutResponse]:
         validate.check_put_request(request)
-        if auth_required(self.server):
-            return self._as_caller(context, lambda auth: self.server.put(request, auth))
-        return self.server.put(request, None)
+        return self._as_caller(context, lambda auth: self.server.put(request, auth))
 
     @rpc
     def DeleteRange(
         self, request: rpc_pb2.DeleteRangeRequest, context: grpc.aio.ServicerContext
     ) -> Awaitable[rpc_pb2.DeleteRangeResponse]:
         validate.check_delete_request(request)
-        if auth_required(self.server):
-            return self._as_caller(context, lambda auth: self.server.delete_range(request, auth))
-        return self.server.delete_range(request, None)
+        return self._as_caller(context, lambda auth: self.server.delete_range(request, auth))
 
     @rpc
     def Txn(self, request: rpc_pb2.TxnRequest, context: grpc.aio.ServicerContext) -> Awaitable[rpc_pb2.TxnResponse]:
         read_only = validate.check_txn_request(request, self.server.cfg.max_txn_ops)
-        if auth_required(self.server):
-            return self._as_caller(context, lambda auth: self.server.txn(request, auth, read_only))
-        return self.server.txn(request, None, read_only)
+        return self._as_caller(context, lambda auth: self.server.txn(request, auth, read_only))
 
     @rpc
     async def Compact(
         self, request: rpc_pb2.CompactionRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.CompactionResponse:
-        auth = await auth_info(self.server, context) if auth_required(self.server) else None
-        return await self.server.compact(request, auth)
+        return await self._as_caller(context, lambda auth: self.server.compact(request, auth))
 
 
 def _passthrough(resp: bytes | rpc_pb2.RangeResponse) -> bytes:
