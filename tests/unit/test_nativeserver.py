@@ -4,12 +4,15 @@ Each case is a status a client can see, as grpc.aio would give it: the handler's
 its trailing metadata, abort() with code and details, a handler bug, an undecodable or
 oversized request, a deadline that passes while the handler waits (the handler's task is
 cancelled), metadata and the deadline as the handler sees them, and the methods the front
-does not serve (streams) reaching the stream server behind it.
+does not serve (streams) reaching the stream server behind it. Then the calls of `rpc`
+handlers that hand back a `Proposal` (every KV write): answered from a callback, with etcd's
+errors, and withdrawn when the client goes or the server stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,8 +22,12 @@ import pytest
 from etcdpy.api.grpcmetrics import counted_handler
 from etcdpy.api.h2grpc import H2GrpcServer
 from etcdpy.api.nativeserver import NativeServer, _method, front_settings
+from etcdpy.api.status import rpc
+from etcdpy.errors import EtcdError, ErrEmptyKey, ErrLeaseNotFound, ErrNoLeader, ErrTimeout
 from etcdpy.metrics import GrpcCounters
 from etcdpy.pb import kv_pb2, rpc_pb2
+from etcdpy.server.apply import ApplyResult
+from etcdpy.server.etcdserver import Proposal
 
 SERVICE = "t.S"
 
@@ -104,6 +111,17 @@ def _run(
     if counters is not None:
         handlers = {k: counted_handler(counters, f"/{SERVICE}/{k}", v) for k, v in handlers.items()}
     streams = H2GrpcServer({f"/{SERVICE}/{k}": v for k, v in handlers.items()}, 1 << 20)
+    _serve(handlers, streams, lambda ch, _: check(ch, h, streams), options)
+    return h
+
+
+def _serve(
+    handlers: dict[str, grpc.RpcMethodHandler],
+    streams: H2GrpcServer,
+    body: Callable[[grpc.aio.Channel, NativeServer], Awaitable[None]],
+    options: Any = (),
+) -> None:
+    """Serve `handlers` natively on a loopback port (`streams` behind) and run `body` with a channel to it."""
 
     async def main() -> None:
         server = NativeServer(list(options), streams)
@@ -112,13 +130,12 @@ def _run(
         await server.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-                await check(ch, h, streams)
+                await body(ch, server)
         finally:
             await server.stop(1)
             streams.close()
 
     asyncio.run(main())
-    return h
 
 
 def _call(ch: grpc.aio.Channel, method: str) -> Any:
@@ -250,3 +267,154 @@ def test_front_settings_map_the_options_a_client_can_notice() -> None:
     assert (receive, send) == (10, None)
     assert front == {"keepalive_permit_without_calls": True, "max_concurrent_streams": 2**32 - 1, "reuse_port": False}
     assert front_settings([])[0] == 4 * 1024 * 1024
+
+
+# --------------------------------------------------------------------------- proposals
+
+
+class _Member:
+    """What a Proposal asks of its server (the wait registry's part), recorded."""
+
+    def __init__(self) -> None:
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.abandoned: list[tuple[int, bool]] = []
+        self.stepped_down = False
+
+    def propose(self) -> Proposal:
+        req_id = len(self.pending) + 1
+        fut = asyncio.get_running_loop().create_future()
+        self.pending[req_id] = fut
+        return Proposal(self, req_id, fut, time.monotonic(), True)  # type: ignore[arg-type]
+
+    def _abandon(self, req_id: int, failed: bool = True) -> None:
+        self.abandoned.append((req_id, failed))
+        fut = self.pending[req_id]
+        if not fut.done():
+            fut.set_result(None)  # as Wait.trigger(req_id, None)
+
+    def _refused(self) -> EtcdError:
+        return ErrNoLeader()
+
+    def _timeout_error(self, start: float) -> EtcdError:
+        return ErrTimeout()
+
+    def fill_header(self, header: Any) -> None:
+        header.revision = 42
+
+    def is_learner(self) -> bool:
+        return False
+
+    def has_leader(self) -> bool:
+        return not self.stepped_down
+
+
+class _Writes:
+    """A service shaped like KVService: `rpc` handlers that are plain functions returning a Proposal."""
+
+    def __init__(self) -> None:
+        self.server = _Member()
+        self.in_task: list[bool] = []
+
+    @rpc
+    def Put(self, request: rpc_pb2.PutRequest, context: Any) -> Awaitable[rpc_pb2.PutResponse]:
+        self.in_task.append(asyncio.current_task() is not None)
+        if not request.key:
+            raise ErrEmptyKey()
+        proposal: Awaitable[rpc_pb2.PutResponse] = self.server.propose()
+        return proposal
+
+
+def _run_writes(
+    check: Callable[[Any, _Writes, NativeServer], Awaitable[None]], counters: GrpcCounters | None = None
+) -> _Writes:
+    """Serve `_Writes.Put` natively (counted with `counters`) and run `check` with a Put stub."""
+    service = _Writes()
+    handler = grpc.unary_unary_rpc_method_handler(
+        service.Put,
+        request_deserializer=rpc_pb2.PutRequest.FromString,
+        response_serializer=rpc_pb2.PutResponse.SerializeToString,
+    )
+    if counters is not None:
+        handler = counted_handler(counters, f"/{SERVICE}/Put", handler)
+
+    async def body(ch: grpc.aio.Channel, server: NativeServer) -> None:
+        put = ch.unary_unary(
+            f"/{SERVICE}/Put",
+            request_serializer=rpc_pb2.PutRequest.SerializeToString,
+            response_deserializer=rpc_pb2.PutResponse.FromString,
+        )
+        await check(put, service, server)
+
+    _serve({"Put": handler}, H2GrpcServer({f"/{SERVICE}/Put": handler}, 1 << 20), body)
+    return service
+
+
+async def _proposed(service: _Writes, n: int) -> asyncio.Future[Any]:
+    """The future of the n-th proposal, once the call has reached the handler."""
+    for _ in range(1000):
+        if n in service.server.pending:
+            return service.server.pending[n]
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"proposal {n} never came")
+
+
+def test_a_proposal_is_answered_from_its_callback_with_etcds_errors() -> None:
+    """The handler runs outside any task; the answer is the outcome's (header filled), and an
+    apply error, a registry timeout, a dropped proposal and a refusal raised by the handler
+    itself end the call with etcd's code and message, counted by that code."""
+    counters = GrpcCounters()
+
+    async def check(put: Any, service: _Writes, server: NativeServer) -> None:
+        call = asyncio.ensure_future(put(rpc_pb2.PutRequest(key=b"a")))
+        (await _proposed(service, 1)).set_result(ApplyResult(resp=rpc_pb2.PutResponse(), err=None, events=[]))
+        assert (await call).header.revision == 42
+
+        call = asyncio.ensure_future(put(rpc_pb2.PutRequest(key=b"b")))
+        (await _proposed(service, 2)).set_result(ApplyResult(resp=None, err=ErrLeaseNotFound(), events=[]))
+        assert await _status(call) == (grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found")
+
+        call = asyncio.ensure_future(put(rpc_pb2.PutRequest(key=b"c")))
+        (await _proposed(service, 3)).set_exception(TimeoutError())
+        assert await _status(call) == (grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out")
+        assert service.server.abandoned == [(3, True)]  # a timed-out proposal counts as failed
+
+        assert await _status(put(rpc_pb2.PutRequest(key=b""))) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "etcdserver: key is not provided",
+        )
+        service.server.stepped_down = True
+        assert await _status(put(rpc_pb2.PutRequest(key=b"d"), metadata=(("hasleader", "true"),))) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "etcdserver: no leader",
+        )
+
+    service = _run_writes(check, counters)
+    assert service.in_task == [False] * 4  # (the hasleader refusal comes before the handler)
+    assert {k[3]: v for k, v in counters.handled.items()} == {
+        "OK": 1,
+        "NotFound": 1,
+        "Unavailable": 2,
+        "InvalidArgument": 1,
+    }
+
+
+def test_a_client_that_goes_away_withdraws_its_proposal_and_stop_withdraws_the_rest() -> None:
+    counters = GrpcCounters()
+
+    async def check(put: Any, service: _Writes, server: NativeServer) -> None:
+        code, _details = await _status(put(rpc_pb2.PutRequest(key=b"a"), timeout=0.3))
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+        for _ in range(1000):
+            if service.server.abandoned:
+                break
+            await asyncio.sleep(0.01)
+        assert service.server.abandoned == [(1, False)]  # withdrawn, not counted as a failed proposal
+
+        call = asyncio.ensure_future(put(rpc_pb2.PutRequest(key=b"b")))
+        await _proposed(service, 2)
+        await server.stop(0.1)  # the grace passes with the proposal unanswered
+        assert service.server.abandoned == [(1, False), (2, False)]
+        call.cancel()
+
+    _run_writes(check, counters)
+    assert {k[3]: v for k, v in counters.handled.items()} == {"Canceled": 2}

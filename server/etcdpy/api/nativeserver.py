@@ -6,8 +6,10 @@ runs a layer of Python that etcdpy does not need (a call object and a context ob
 and the handler, each one stepped through on every resumption). Under the range load that
 layer and its task were about a fifth of the event loop thread in py-spy. This server uses
 pygrpc-native's documented low-level API (`NativeGrpcFront`: calls arrive as events in
-batches, answered by id with `respond`/`fail`) with one coroutine per call that decodes the
-request, awaits the (already wrapped) handler and answers.
+batches, answered by id with `respond`/`fail`). Each call is decoded and started in the loop
+pass its batch arrived in; a write whose handler hands back a `Proposal` is answered from a
+callback when the proposal resolves (no task at all), any other call by one task that awaits
+the handler's answer and sends it.
 
 What is served where:
 
@@ -20,13 +22,16 @@ Behaviour follows grpc.aio (and pygrpc-native's aio server, which the compatibil
 also ran on): the receive limit is checked before decoding, with grpc-core's message; a
 request that does not decode is INTERNAL "Exception deserializing request!"; `abort()`
 ends the call with its code and details; an unexpected exception is UNKNOWN
-"Unexpected <type>: <exc>"; a client cancel or a passed deadline (the front answers the
-client itself) cancels the handler's task; trailing metadata goes out with the answer.
+"Unexpected <type>: <exc>" (etcd's own errors raised under `rpc` map to their status, as
+`rpc`'s wrapper maps them); a client cancel or a passed deadline (the front answers the client
+itself) cancels the handler's task or withdraws its proposal; trailing metadata goes out
+with the answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import os
@@ -34,14 +39,17 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+import types
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, NamedTuple
 
 import grpc
 from pygrpc_native import EVENT_CANCEL, NativeGrpcFront
 
 from etcdpy.api.grpcmetrics import CountedCall, counted_call
 from etcdpy.api.h2grpc import BaseServicerContext, H2GrpcServer
+from etcdpy.api.status import status_of
+from etcdpy.server.etcdserver import Proposal
 
 log = logging.getLogger("etcdpy.api")
 
@@ -93,7 +101,7 @@ def front_settings(options: Iterable[tuple[str, Any]]) -> tuple[int | None, int 
 class NativeContext(BaseServicerContext):
     """The ServicerContext of one natively served call; it is also the call's record."""
 
-    __slots__ = ("call_id", "metadata", "peer_name", "deadline", "task", "client_gone", "finished")
+    __slots__ = ("call_id", "metadata", "peer_name", "deadline", "task", "proposal", "withdrawn", "client_gone", "finished")
 
     def __init__(self, call_id: int, metadata: tuple[tuple[str, str | bytes], ...], peer: str, remaining: Any) -> None:
         super().__init__()
@@ -102,6 +110,8 @@ class NativeContext(BaseServicerContext):
         self.peer_name = peer
         self.deadline = None if remaining is None else time.monotonic() + remaining
         self.task: asyncio.Task[None] | None = None
+        self.proposal: Proposal | None = None  # a write answered from a callback (no task)
+        self.withdrawn = False  # the proposal's caller went away (client cancel or stop)
         self.client_gone = False
         self.finished = False
 
@@ -125,11 +135,18 @@ class NativeContext(BaseServicerContext):
         raise NotImplementedError("etcdpy's unary handlers send no initial metadata")
 
 
-Method = tuple[
-    Callable[..., Any], Callable[[bytes], Any] | None, Callable[[Any], bytes] | None, CountedCall | None
-]
-"""A natively served method: the coroutine handler, the request decoder, the response encoder,
-and how the call is counted if it is."""
+class Method(NamedTuple):
+    """A natively served method, as `_begin` runs it."""
+
+    handler: Callable[..., Awaitable[Any]]
+    decode: Callable[[bytes], Any] | None
+    encode: Callable[[Any], bytes] | None
+    counted: CountedCall | None
+    """How the call is counted (the metrics wrapper's parts), if it is."""
+    direct: Callable[[Any, Any], Awaitable[Any]] | None
+    """The handler's synchronous part (`etcdpy.api.status.rpc`), bound like the handler: its
+    errors are etcd's, mapped here with `status_of`."""
+    name: str
 
 
 class NativeServer:
@@ -203,12 +220,15 @@ class NativeServer:
         self._stopping = True
         if self._fallback is not None:
             self._fallback.close()
-        tasks = [c.task for c in self._calls.values() if c.task is not None]
-        if grace and tasks:
-            await asyncio.wait(tasks, timeout=grace)
-        for task in tasks:
-            task.cancel()
+        calls = list(self._calls.values())
+        tasks = [c.task for c in calls if c.task is not None]
+        pending = tasks + [c.proposal.future for c in calls if c.proposal is not None]
+        if grace and pending:
+            await asyncio.wait(pending, timeout=grace)
+        for ctx in calls:
+            self._cancel(ctx)
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0)  # the proposals' callbacks run (they answer nothing while stopping)
         self._send_answers()
         self._closed = True
         if self._front is not None:
@@ -238,77 +258,142 @@ class NativeServer:
                 return
 
     def _on_events(self, events: list[tuple[Any, ...]]) -> None:
-        front, loop, calls, methods = self._front, self._loop, self._calls, self._methods
-        assert front is not None and loop is not None
+        front, calls, methods = self._front, self._calls, self._methods
+        assert front is not None
         for kind, call_id, method_id, payload, _, details in events:
             if kind == EVENT_CANCEL:
                 ctx = calls.get(call_id)
                 if ctx is not None:
                     ctx.client_gone = True
-                    if ctx.task is not None:
-                        ctx.task.cancel()
+                    self._cancel(ctx)
                 continue
             if self._stopping:
                 front.fail(call_id, _UNAVAILABLE, "Server is shutting down")
                 continue
             ctx = NativeContext(call_id, *details)
             calls[call_id] = ctx
-            ctx.task = loop.create_task(self._serve(ctx, methods[method_id], payload))
+            self._begin(ctx, methods[method_id], payload)
 
-    async def _serve(self, ctx: NativeContext, method: Method, payload: bytes) -> None:
-        """Decode, run the handler, answer; whatever happens the call is answered once."""
-        front = self._front
+    def _begin(self, ctx: NativeContext, method: Method, payload: bytes) -> None:
+        """Decode and start the handler, at once (in the loop pass the calls arrived in).
+
+        A handler with a synchronous part (`Method.direct`) runs it here: a write comes back
+        as an already proposed `Proposal`, answered from a callback when it resolves, so the
+        call needs no task and no coroutine (the path every Put and Txn takes); any other
+        awaitable, and every handler without a synchronous part, runs in a task of its own.
+        """
+        front, call_id = self._front, ctx.call_id
         assert front is not None
-        handler, decode, encode, counted = method
-        call_id = ctx.call_id
+        limit = self._receive_limit
+        if limit is not None and len(payload) > limit:
+            front.fail(
+                call_id,
+                _RESOURCE_EXHAUSTED,
+                f"SERVER: Received message larger than max ({len(payload)} vs. {limit})",
+            )
+            self._end(ctx)
+            return
+        decode = method.decode
         try:
-            limit = self._receive_limit
-            if limit is not None and len(payload) > limit:
-                front.fail(
-                    call_id,
-                    _RESOURCE_EXHAUSTED,
-                    f"SERVER: Received message larger than max ({len(payload)} vs. {limit})",
-                )
-                return
+            request = payload if decode is None else decode(payload)
+        except Exception:  # noqa: BLE001 - grpc answers any decoding failure this way
+            log.warning("Exception deserializing request!", exc_info=True)
+            front.fail(call_id, _INTERNAL, "Exception deserializing request!")
+            self._end(ctx)
+            return
+        counted = method.counted
+        if counted is not None:  # grpcmetrics' wrapper, inline: one coroutine frame fewer per call
+            counted.started[counted.key] += 1
+        direct = method.direct
+        if direct is None:
+            answer = method.handler(request, ctx)
+        else:
             try:
-                request = payload if decode is None else decode(payload)
-            except Exception:  # noqa: BLE001 - grpc answers any decoding failure this way
-                log.warning("Exception deserializing request!", exc_info=True)
-                front.fail(call_id, _INTERNAL, "Exception deserializing request!")
+                answer = direct(request, ctx)
+            except Exception as e:  # noqa: BLE001 - mapped as `rpc` maps it
+                self._handler_failed(ctx, method, e)
                 return
-            if counted is not None:  # grpcmetrics' wrapper, inline: one coroutine frame fewer per call
-                counted.started[counted.key] += 1
-            try:
-                response = await handler(request, ctx)
-            except BaseException as e:
-                if counted is not None:
-                    counted.done(ctx, e)
-                if isinstance(e, grpc.aio.AbortError):
-                    self._fail(ctx)
-                elif isinstance(e, asyncio.CancelledError):
-                    # A cancel from the client or its deadline needs no answer (the front gave it).
-                    if not ctx.client_gone and not self._stopping:
-                        front.fail(call_id, _CANCELLED, "Cancelled")
-                elif isinstance(e, Exception):  # a handler bug becomes UNKNOWN, as in grpc.aio
-                    log.exception("unexpected error in RPC handler")
-                    front.fail(call_id, _UNKNOWN, f"Unexpected {type(e)}: {e}")
-                else:
-                    raise  # KeyboardInterrupt, SystemExit: not the call's business
+            if isinstance(answer, Proposal):
+                ctx.proposal = answer
+                answer.add_done_callback(functools.partial(self._proposal_done, ctx, method))
                 return
+        ctx.task = self._loop.create_task(self._serve(ctx, method, answer))  # type: ignore[union-attr]
+
+    async def _serve(self, ctx: NativeContext, method: Method, answer: Awaitable[Any]) -> None:
+        """Await the handler's answer and send it; whatever happens the call is answered once."""
+        try:
+            response = await answer
+        except BaseException as e:  # noqa: BLE001 - each kind is answered as grpc.aio answers it
+            self._handler_failed(ctx, method, e)
+            return
+        self._answered(ctx, method, response)
+
+    def _proposal_done(self, ctx: NativeContext, method: Method, proposal: Proposal) -> None:
+        """A write's proposal resolved: answer with its outcome (nothing to the caller that went away)."""
+        if ctx.withdrawn:
+            self._handler_failed(ctx, method, asyncio.CancelledError())
+            return
+        try:
+            response = proposal.outcome()
+        except Exception as e:  # noqa: BLE001 - etcd's errors, mapped as `rpc` maps them
+            self._handler_failed(ctx, method, e)
+            return
+        self._answered(ctx, method, response)
+
+    def _cancel(self, ctx: NativeContext) -> None:
+        """Stop a call's handler: cancel its task, or withdraw its proposal (as a cancelled
+        task awaiting one does)."""
+        if ctx.task is not None:
+            ctx.task.cancel()
+        elif ctx.proposal is not None and not ctx.withdrawn:
+            ctx.withdrawn = True
+            ctx.proposal.abandon()
+
+    def _answered(self, ctx: NativeContext, method: Method, response: Any) -> None:
+        counted = method.counted
+        try:
             if counted is not None:
                 counted.done(ctx, None)
             if ctx._code is not None and ctx._code != grpc.StatusCode.OK:
                 self._fail(ctx)
                 return
-            self._respond(ctx, response, encode)
+            self._respond(ctx, response, method.encode)
         finally:
-            ctx.finished = True
-            self._calls.pop(call_id, None)
-            for callback in ctx._callbacks:
-                try:
-                    callback(ctx)
-                except Exception:  # noqa: BLE001 - a done callback cannot fail the call
-                    log.exception("error in an RPC done callback")
+            self._end(ctx)
+
+    def _handler_failed(self, ctx: NativeContext, method: Method, e: BaseException) -> None:
+        """End a call whose handler raised `e` (called from its except block: errors are logged there)."""
+        front, call_id = self._front, ctx.call_id
+        assert front is not None
+        try:
+            if method.direct is not None and isinstance(e, Exception) and not isinstance(e, grpc.aio.AbortError):
+                ctx._code, ctx._details = status_of(e, method.name)  # what `rpc`'s abort would set
+                e = grpc.aio.AbortError()
+            if method.counted is not None:
+                method.counted.done(ctx, e)
+            if isinstance(e, grpc.aio.AbortError):
+                self._fail(ctx)
+            elif isinstance(e, asyncio.CancelledError):
+                # A cancel from the client or its deadline needs no answer (the front gave it).
+                if not ctx.client_gone and not self._stopping:
+                    front.fail(call_id, _CANCELLED, "Cancelled")
+            elif isinstance(e, Exception):  # a handler bug becomes UNKNOWN, as in grpc.aio
+                log.error("unexpected error in RPC handler", exc_info=e)
+                front.fail(call_id, _UNKNOWN, f"Unexpected {type(e)}: {e}")
+            else:
+                raise e  # KeyboardInterrupt, SystemExit: not the call's business
+        finally:
+            self._end(ctx)
+
+    def _end(self, ctx: NativeContext) -> None:
+        """The call is over: forget it and run its done callbacks."""
+        ctx.finished = True
+        self._calls.pop(ctx.call_id, None)
+        for callback in ctx._callbacks:
+            try:
+                callback(ctx)
+            except Exception:  # noqa: BLE001 - a done callback cannot fail the call
+                log.exception("error in an RPC done callback")
 
     def _respond(self, ctx: NativeContext, response: Any, encode: Callable[[Any], bytes] | None) -> None:
         front = self._front
@@ -361,10 +446,16 @@ class NativeServer:
 
 
 def _method(handler: grpc.RpcMethodHandler) -> Method:
-    """How `_serve` runs a unary handler: a counted one is unwrapped and counted by `_serve` itself."""
+    """How `_begin` runs a unary handler: a counted one is unwrapped and counted by the server
+    itself, and one made by `rpc` is run by its synchronous part where it has one."""
     counted = counted_call(handler.unary_unary)
     behavior = handler.unary_unary if counted is None else counted.behavior
-    return behavior, handler.request_deserializer, handler.response_serializer, counted
+    direct = getattr(behavior, "direct", None)
+    owner = getattr(behavior, "__self__", None)
+    if direct is not None and owner is not None:
+        direct = types.MethodType(direct, owner)  # the service's bound method carries the unbound form
+    name = getattr(behavior, "__name__", "handler")
+    return Method(behavior, handler.request_deserializer, handler.response_serializer, counted, direct, name)
 
 
 def _served_natively(handler: grpc.RpcMethodHandler) -> bool:

@@ -50,24 +50,42 @@ def requires_leader(context: grpc.aio.ServicerContext) -> bool:
     return any(k == "hasleader" and v == "true" for k, v in md)
 
 
-def rpc(fn: Handler[T]) -> Handler[T]:
-    """Map EtcdError to its gRPC status for a unary handler."""
+def status_of(e: Exception, handler: str) -> tuple[grpc.StatusCode, str]:
+    """The status a unary call ends with when its handler raised `e` (call it in the except
+    block: an unexpected error is logged with its traceback)."""
+    if isinstance(e, EtcdError):
+        return status_code(e), e.message
+    log.exception("unexpected error in %s", handler)
+    return grpc.StatusCode.UNKNOWN, str(e)
+
+
+def rpc(fn: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[T]]) -> Handler[T]:
+    """Map EtcdError to its gRPC status for a unary handler.
+
+    The wrapper also carries `direct`: the handler's synchronous part (the learner and
+    leader checks, then `fn` itself, which may be a plain function returning an awaitable),
+    giving back what the wrapper would await and raising what it would map. A server that
+    runs handlers without a task per call (`etcdpy.api.nativeserver`) calls it and maps
+    errors with `status_of` itself; both ways end a call with the same status.
+    """
+
+    def direct(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Awaitable[T]:
+        if self.server.is_learner() and not supported_for_learner(request):
+            raise ErrNotSupportedForLearner()
+        if not self.server.has_leader() and requires_leader(context):
+            raise ErrNoLeader()  # (the metadata is looked at only when it can matter)
+        return fn(self, request, context)
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
-            if self.server.is_learner() and not supported_for_learner(request):
-                raise ErrNotSupportedForLearner()
-            if not self.server.has_leader() and requires_leader(context):
-                raise ErrNoLeader()  # (the metadata is looked at only when it can matter)
-            return await fn(self, request, context)
-        except EtcdError as e:
-            await context.abort(status_code(e), e.message)
+            return await direct(self, request, context)
         except grpc.aio.AbortError:
             raise
-        except Exception as e:  # noqa: BLE001 - last line of defence, the server keeps serving
-            log.exception("unexpected error in %s", fn.__name__)
-            await context.abort(grpc.StatusCode.UNKNOWN, str(e))
+        except Exception as e:  # noqa: BLE001 - an unexpected one is the last line of defence
+            code, message = status_of(e, fn.__name__)
+            await context.abort(code, message)
         raise AssertionError("unreachable")
 
+    wrapper.direct = direct  # type: ignore[attr-defined]
     return wrapper

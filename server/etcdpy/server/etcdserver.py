@@ -15,7 +15,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -648,10 +648,11 @@ class EtcdServer:
         """`process_internal_raft_request` returning the whole apply result (Compact needs physc),
         or with `answer` the response itself, its header filled (what a KV write answers).
 
-        A plain function returning the proposal's awaitable, not a coroutine: the checks run
-        (and raise) when it is called, and the caller's await goes straight to the one
-        propose-and-wait coroutine. Every write passes here, and each coroutine layer on the
-        way costs its creation and a resume per request.
+        A plain function, not a coroutine: the checks run (and raise) when it is called, and
+        it returns the `Proposal` itself (already proposed) unless the quota has to be checked
+        first. Every write passes here, and each coroutine layer on the way costs its creation
+        and a resume per request; a caller that has no coroutine (the native gRPC server's
+        write calls) watches the Proposal with a callback instead.
         """
         if self._stopped:
             raise errors.ErrStopped()
@@ -669,7 +670,7 @@ class EtcdServer:
 
     def _propose(
         self, req: raft_internal_pb2.InternalRaftRequest, auth: AuthInfo | None, answer: bool = False
-    ) -> Awaitable[Any]:
+    ) -> Proposal:
         """Stamp the request's id (and caller), encode it, and hand it to propose-and-wait."""
         p = self.progress
         if p.committed_index > p.applied_index + MAX_GAP_BETWEEN_APPLY_AND_COMMIT:
@@ -685,13 +686,8 @@ class EtcdServer:
             raise errors.ErrRequestTooLarge()
         return self._propose_and_wait(req_id, data, answer)
 
-    async def _propose_and_wait(self, req_id: int, data: bytes, answer: bool = False) -> Any:
-        """Register, propose, await the apply; every way out removes the registration.
-
-        Returns the ApplyResult, or with `answer` its response with the header filled: Put,
-        DeleteRange and Txn return this coroutine itself to their handler, so a write's
-        task resumes through one coroutine fewer than if they awaited it to fill the header.
-        """
+    def _propose_and_wait(self, req_id: int, data: bytes, answer: bool = False) -> Proposal:
+        """Register, propose, and give back the proposal's answer-to-be (see `Proposal`)."""
         assert self.raft is not None
         fut = self.wait.register(req_id, self.cfg.request_timeout)
         start = time.monotonic()
@@ -706,25 +702,7 @@ class EtcdServer:
         except ProposalDropped:
             self._abandon(req_id)
             raise self._refused() from None
-        try:
-            result: ApplyResult | None = await fut  # fails with TimeoutError after request_timeout
-            if result is _DROPPED:
-                raise self._refused()
-        except TimeoutError:
-            self._abandon(req_id)
-            raise self._timeout_error(start) from None
-        except asyncio.CancelledError:
-            self._abandon(req_id, failed=False)
-            raise
-        if result is None:
-            raise errors.ErrStopped()
-        if result.err is not None:
-            raise result.err
-        if answer:
-            resp = result.resp
-            self.fill_header(resp.header)
-            return resp
-        return result
+        return Proposal(self, req_id, fut, start, answer)
 
     def _abandon(self, req_id: int, failed: bool = True) -> None:
         """Stop waiting for a proposal; a failed one counts in proposals_failed_total (a cancelled caller does not)."""
@@ -805,7 +783,7 @@ class EtcdServer:
             return result if isinstance(result, bytes) else await result
 
     def put(self, req: rpc_pb2.PutRequest, auth: AuthInfo | None = None) -> Awaitable[rpc_pb2.PutResponse]:
-        """A Put through the log; awaiting it gives the answer (a plain function, see `_propose_and_wait`)."""
+        """A Put through the log; awaiting it gives the answer (a plain function, see `_process`)."""
         return self._process(raft_internal_pb2.InternalRaftRequest(put=req), auth, answer=True)
 
     def delete_range(
@@ -1476,6 +1454,73 @@ class EtcdServer:
                 self.kv.close()
         self.done.set()
 
+
+
+class Proposal:
+    """A proposed request's answer-to-be: awaited by a coroutine, or watched with a callback.
+
+    Why not just a coroutine: every write of a busy member waits on one of these, and the
+    native gRPC server answers a write without an asyncio task when the handler hands it a
+    Proposal (a callback on the registry's future when it resolves, then `outcome`); a task
+    per call and the coroutine frames it resumes through cost more loop CPU than the rest of
+    the hand-off. Awaiting it gives the same answer or error as `outcome`, and cancelling the
+    awaiting task (or `abandon`) withdraws the registration as etcd's proposer does when its
+    context ends. Registered and proposed by `EtcdServer._propose_and_wait` before it exists.
+    """
+
+    __slots__ = ("_server", "_req_id", "_fut", "_start", "_answer")
+
+    def __init__(self, server: EtcdServer, req_id: int, fut: asyncio.Future[Any], start: float, answer: bool) -> None:
+        self._server = server
+        self._req_id = req_id
+        self._fut = fut
+        self._start = start
+        self._answer = answer
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        try:
+            yield from self._fut  # fails with TimeoutError after request_timeout (the registry's timer)
+        except asyncio.CancelledError:
+            self.abandon()
+            raise
+        except TimeoutError:
+            pass  # `outcome` turns it into etcd's error
+        return self.outcome()
+
+    def add_done_callback(self, callback: Callable[[Proposal], None]) -> None:
+        """Call `callback(self)` on the loop once the outcome is known (or the proposal abandoned)."""
+        self._fut.add_done_callback(lambda _: callback(self))
+
+    @property
+    def future(self) -> asyncio.Future[Any]:
+        """The registry's future: done once the outcome is known (to wait for it without an answer)."""
+        return self._fut
+
+    def abandon(self) -> None:
+        """The caller is gone: drop the registration (not counted as a failed proposal). The
+        entry may still be applied; nobody hears of it."""
+        self._server._abandon(self._req_id, failed=False)
+
+    def outcome(self) -> Any:
+        """Once done: the ApplyResult, or with `answer` its response with the header filled;
+        raises the request's error (etcd's, for a timeout, a dropped proposal or a stop)."""
+        server = self._server
+        try:
+            result: ApplyResult | None = self._fut.result()
+        except TimeoutError:
+            server._abandon(self._req_id)
+            raise server._timeout_error(self._start) from None
+        if result is _DROPPED:
+            raise server._refused()
+        if result is None:
+            raise errors.ErrStopped()
+        if result.err is not None:
+            raise result.err
+        if self._answer:
+            resp = result.resp
+            server.fill_header(resp.header)
+            return resp
+        return result
 
 class _LocalNow(Exception):
     """This member became the leader while forwarding: the caller should answer locally."""
