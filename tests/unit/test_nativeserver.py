@@ -21,7 +21,7 @@ import pytest
 
 from etcdpy.api.grpcmetrics import counted_handler
 from etcdpy.api.h2grpc import H2GrpcServer
-from etcdpy.api.nativeserver import NativeServer, _method, front_settings
+from etcdpy.api.nativeserver import NativeServer, _method, default_io_threads, front_settings
 from etcdpy.api.status import rpc
 from etcdpy.errors import EtcdError, ErrEmptyKey, ErrLeaseNotFound, ErrNoLeader, ErrTimeout
 from etcdpy.metrics import GrpcCounters
@@ -250,6 +250,13 @@ def test_streams_go_to_the_stream_server_and_unknown_methods_are_unimplemented()
         assert code == grpc.StatusCode.UNIMPLEMENTED
 
     _run(check)
+
+
+def test_one_io_thread_on_two_cpus_or_fewer() -> None:
+    assert [default_io_threads(n) for n in (1, 2, 3, 64)] == [1, 1, 2, 2]
+    server = NativeServer([], H2GrpcServer({}, 1 << 20))
+    assert server._io_threads == default_io_threads()  # what the member's listeners get
+    assert NativeServer([], H2GrpcServer({}, 1 << 20), io_threads=3)._io_threads == 3
 
 
 def test_front_settings_map_the_options_a_client_can_notice() -> None:
