@@ -327,6 +327,8 @@ class _Writes:
         self.in_task.append(asyncio.current_task() is not None)
         if not request.key:
             raise ErrEmptyKey()
+        if request.key == b"bug":
+            raise KeyError("missing")
         proposal: Awaitable[rpc_pb2.PutResponse] = self.server.propose()
         return proposal
 
@@ -365,10 +367,11 @@ async def _proposed(service: _Writes, n: int) -> asyncio.Future[Any]:
     raise AssertionError(f"proposal {n} never came")
 
 
-def test_a_proposal_is_answered_from_its_callback_with_etcds_errors() -> None:
+def test_a_proposal_is_answered_from_its_callback_with_etcds_errors(caplog: pytest.LogCaptureFixture) -> None:
     """The handler runs outside any task; the answer is the outcome's (header filled), and an
-    apply error, a registry timeout, a dropped proposal and a refusal raised by the handler
-    itself end the call with etcd's code and message, counted by that code."""
+    apply error, a registry timeout, a refusal raised by the handler itself and the leader
+    check end the call with etcd's code and message, counted by that code; a bug in the
+    handler is etcd's Unknown with the error's text, and logged."""
     counters = GrpcCounters()
 
     async def check(put: Any, service: _Writes, server: NativeServer) -> None:
@@ -389,6 +392,7 @@ def test_a_proposal_is_answered_from_its_callback_with_etcds_errors() -> None:
             grpc.StatusCode.INVALID_ARGUMENT,
             "etcdserver: key is not provided",
         )
+        assert await _status(put(rpc_pb2.PutRequest(key=b"bug"))) == (grpc.StatusCode.UNKNOWN, "'missing'")
         service.server.stepped_down = True
         assert await _status(put(rpc_pb2.PutRequest(key=b"d"), metadata=(("hasleader", "true"),))) == (
             grpc.StatusCode.UNAVAILABLE,
@@ -396,13 +400,16 @@ def test_a_proposal_is_answered_from_its_callback_with_etcds_errors() -> None:
         )
 
     service = _run_writes(check, counters)
-    assert service.in_task == [False] * 4  # (the hasleader refusal comes before the handler)
+    assert service.in_task == [False] * 5  # (the hasleader refusal comes before the handler)
     assert {k[3]: v for k, v in counters.handled.items()} == {
         "OK": 1,
         "NotFound": 1,
         "Unavailable": 2,
         "InvalidArgument": 1,
+        "Unknown": 1,
     }
+    bug = [r for r in caplog.records if r.getMessage() == "unexpected error in Put"]
+    assert bug and bug[0].exc_info is not None and isinstance(bug[0].exc_info[1], KeyError)
 
 
 def test_a_client_that_goes_away_withdraws_its_proposal_and_stop_withdraws_the_rest() -> None:

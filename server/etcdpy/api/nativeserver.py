@@ -381,7 +381,7 @@ class NativeServer:
             self._end(ctx)
 
     def _handler_failed(self, ctx: NativeContext, method: Method, e: BaseException) -> None:
-        """End a call whose handler raised `e` (called from its except block: errors are logged there)."""
+        """End a call whose handler raised `e`, with the status grpc.aio (or, under `rpc`, etcd) gives it."""
         front, call_id = self._front, ctx.call_id
         assert front is not None
         try:
