@@ -671,7 +671,7 @@ class EtcdServer:
     def _propose(
         self, req: raft_internal_pb2.InternalRaftRequest, auth: AuthInfo | None, answer: bool = False
     ) -> Proposal:
-        """Stamp the request's id (and caller), encode it, and hand it to propose-and-wait."""
+        """Stamp the request's id (and caller), encode it, register and propose it."""
         p = self.progress
         if p.committed_index > p.applied_index + MAX_GAP_BETWEEN_APPLY_AND_COMMIT:
             raise errors.ErrTooManyRequests()
@@ -684,9 +684,9 @@ class EtcdServer:
         data = req.SerializeToString()
         if len(data) > self.cfg.max_request_bytes:
             raise errors.ErrRequestTooLarge()
-        return self._propose_and_wait(req_id, data, answer)
+        return self._register_and_propose(req_id, data, answer)
 
-    def _propose_and_wait(self, req_id: int, data: bytes, answer: bool = False) -> Proposal:
+    def _register_and_propose(self, req_id: int, data: bytes, answer: bool = False) -> Proposal:
         """Register, propose, and give back the proposal's answer-to-be (see `Proposal`)."""
         assert self.raft is not None
         fut = self.wait.register(req_id, self.cfg.request_timeout)
@@ -1455,7 +1455,6 @@ class EtcdServer:
         self.done.set()
 
 
-
 class Proposal:
     """A proposed request's answer-to-be: awaited by a coroutine, or watched with a callback.
 
@@ -1465,7 +1464,7 @@ class Proposal:
     per call and the coroutine frames it resumes through cost more loop CPU than the rest of
     the hand-off. Awaiting it gives the same answer or error as `outcome`, and cancelling the
     awaiting task (or `abandon`) withdraws the registration as etcd's proposer does when its
-    context ends. Registered and proposed by `EtcdServer._propose_and_wait` before it exists.
+    context ends. Registered and proposed by `EtcdServer._register_and_propose` before it exists.
     """
 
     __slots__ = ("_server", "_req_id", "_fut", "_start", "_answer")
@@ -1521,6 +1520,7 @@ class Proposal:
             server.fill_header(resp.header)
             return resp
         return result
+
 
 class _LocalNow(Exception):
     """This member became the leader while forwarding: the caller should answer locally."""
