@@ -452,8 +452,17 @@ async def serve(cfg: ServerConfig, log: logging.Logger) -> int:
     from etcdpy.api.listeners import Listeners
     from etcdpy.server.etcdserver import EtcdServer, StartupError
 
+    from etcdpy.api.cmux import front_mode
+    from etcdpy.switchinterval import switch_interval_setting, tune_switch_interval
+
+    try:  # the environment's settings first: a typo there stops the member before it exists
+        mode = front_mode()
+        switch_interval = switch_interval_setting()
+    except ValueError as e:
+        sys.stderr.write(f"etcdpy: {e}\n")
+        return 1
     server = EtcdServer(cfg, log)
-    listeners = Listeners(server, log)
+    listeners = Listeners(server, log, mode=mode)
     try:
         listeners.bind()
         # Peer ports too, before the data dir is touched: a start that cannot listen leaves nothing.
@@ -472,10 +481,9 @@ async def serve(cfg: ServerConfig, log: logging.Logger) -> int:
         return 1
     await listeners.start()
     from etcdpy.gctuning import tune_after_startup
-    from etcdpy.switchinterval import tune_switch_interval
 
     tune_after_startup()
-    tune_switch_interval()
+    tune_switch_interval(switch_interval)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -9,10 +9,13 @@ cost to the loop thread (the other threads want the GIL only briefly). The gRPC 
 thread, which hands new calls to the loop, waits the same way.
 
 ``ETCDPY_SWITCH_INTERVAL`` overrides it (seconds, e.g. ``0.005``; ``default`` keeps CPython's).
+A value that is neither is refused at start-up, like every other ``ETCDPY_`` setting: a
+typo must not silently leave the member on a setting nobody chose.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -21,26 +24,33 @@ ENV_SWITCH_INTERVAL = "ETCDPY_SWITCH_INTERVAL"
 SWITCH_INTERVAL_SECONDS = 0.0005
 
 
-def tune_switch_interval(environ: Mapping[str, str] | None = None) -> float | None:
-    """Set the switch interval (ours, or $ETCDPY_SWITCH_INTERVAL); the value set, None if left alone.
+def switch_interval_setting(environ: Mapping[str, str] | None = None) -> float | None:
+    """The interval to set (ours, or $ETCDPY_SWITCH_INTERVAL), None for CPython's own.
 
-    A value that is not a positive number is ignored (CPython's default stays): this runs at
-    start-up and must not stop a member over a tuning knob.
+    Raises ValueError, with the message the member exits with, for anything but a number of
+    seconds in (0, 1] or ``default``. Read before the member starts, applied after.
     """
     env = os.environ if environ is None else environ
     raw = env.get(ENV_SWITCH_INTERVAL, "").strip().lower()
     if raw == "default":
         return None
-    value = SWITCH_INTERVAL_SECONDS
-    if raw:
-        try:
-            value = float(raw)
-        except ValueError:
-            return None
-        if not 0 < value <= 1:
-            return None
-    sys.setswitchinterval(value)
+    if not raw:
+        return SWITCH_INTERVAL_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:  # NaN fails this too
+        raise ValueError(
+            f"{ENV_SWITCH_INTERVAL} must be a number of seconds in (0, 1] or 'default', got {raw!r}"
+        )
     return value
 
 
-__all__ = ["ENV_SWITCH_INTERVAL", "SWITCH_INTERVAL_SECONDS", "tune_switch_interval"]
+def tune_switch_interval(value: float | None) -> None:
+    """Set the interval `switch_interval_setting` chose (None leaves CPython's)."""
+    if value is not None:
+        sys.setswitchinterval(value)
+
+
+__all__ = ["ENV_SWITCH_INTERVAL", "SWITCH_INTERVAL_SECONDS", "switch_interval_setting", "tune_switch_interval"]

@@ -153,3 +153,25 @@ def test_stale_lock_of_a_dead_process_is_no_obstacle(tmp_path: Path) -> None:
         m.stop()
         m.release()
         shutil.rmtree(m.base_dir, ignore_errors=True)
+
+
+@pytest.mark.skipif(target() != "etcdpy", reason="etcdpy's own environment settings")
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"ETCDPY_SWITCH_INTERVAL": "fast"}, "ETCDPY_SWITCH_INTERVAL must be a number of seconds in (0, 1]"),
+        ({"ETCDPY_CLIENT_FRONT": "bogus"}, "ETCDPY_CLIENT_FRONT must be one of inproc, process, off, got 'bogus'"),
+        ({"ETCDPY_STREAM_SERVER": "x"}, "ETCDPY_STREAM_SERVER must be one of h2, grpcio, got 'x'"),
+        ({"ETCDPY_GRPC_SERVER": "fast"}, "--experimental-grpc-server must be one of grpcio, native, got 'fast'"),
+    ],
+)
+def test_a_bad_environment_setting(tmp_path: Path, env: dict[str, str], needle: str) -> None:
+    """A typo in an ETCDPY_ variable stops the member before it touches anything, in one line."""
+    client, peer = reserve_port(), reserve_port()
+    try:
+        proc = _run(_flags(tmp_path, client.port, peer.port), tmp_path, env=env)
+    finally:
+        client.release()
+        peer.release()
+    assert_one_line(proc, needle)
+    assert not (tmp_path / "data").exists()

@@ -49,6 +49,7 @@ from pygrpc_native import EVENT_CANCEL, NativeGrpcFront
 from etcdpy.api.grpcmetrics import CountedCall, counted_call
 from etcdpy.api.h2grpc import BaseServicerContext, H2GrpcServer
 from etcdpy.api.status import status_of
+from etcdpy.cpulimit import usable_cpus
 from etcdpy.server.etcdserver import Proposal
 
 log = logging.getLogger("etcdpy.api")
@@ -100,7 +101,8 @@ def front_settings(options: Iterable[tuple[str, Any]]) -> tuple[int | None, int 
 
 def default_io_threads(cpus: int | None = None) -> int:
     """pygrpc-native's Rust I/O threads for a machine with `cpus` usable CPUs (this process's
-    affinity by default): one on two CPUs or fewer, else two.
+    affinity, capped by a cgroup CPU quota such as a pod's CPU limit, by default): one on two
+    CPUs or fewer, else two.
 
     Why one on a small machine: the I/O threads only move bytes and hand calls over, a few
     microseconds per call, and a second thread mostly adds wake-ups and context switches on
@@ -111,7 +113,7 @@ def default_io_threads(cpus: int | None = None) -> int:
     within the noise (txn 1.01x on average over five alternating pairs, range +3-5 %).
     """
     if cpus is None:
-        cpus = len(os.sched_getaffinity(0))
+        cpus = usable_cpus()
     return 1 if cpus <= 2 else 2
 
 
