@@ -479,22 +479,29 @@ async def serve(cfg: ServerConfig, log: logging.Logger) -> int:
         sys.stderr.write(f"etcdpy: {e}\n")
         await listeners.stop(None)
         return 1
-    await listeners.start()
-    from etcdpy.gctuning import tune_after_startup
-
-    tune_after_startup()
-    tune_switch_interval(switch_interval)
+    await listeners.start_metrics()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     stop_task = asyncio.create_task(stop.wait())
     done_task = asyncio.create_task(server.done.wait())
-    await asyncio.wait([stop_task, done_task], return_when=asyncio.FIRST_COMPLETED)
+    ready_task = asyncio.create_task(server.ready.wait())
+    # etcd serves the client URLs once the member is ready (it has published itself through
+    # the log, so it has a leader and its log is current): the same here.
+    await asyncio.wait([ready_task, stop_task, done_task], return_when=asyncio.FIRST_COMPLETED)
+    if ready_task.done() and not stop_task.done() and not done_task.done():
+        await listeners.start()
+        log.info("ready to serve client requests", extra={"fields": {"name": cfg.name}})
+        from etcdpy.gctuning import tune_after_startup
+
+        tune_after_startup()
+        tune_switch_interval(switch_interval)
+        await asyncio.wait([stop_task, done_task], return_when=asyncio.FIRST_COMPLETED)
     log.info("received signal; shutting down", extra={"fields": {"name": cfg.name}})
     await listeners.stop(grace=2.0)
     await server.stop()
-    for t in (stop_task, done_task):
+    for t in (stop_task, done_task, ready_task):
         t.cancel()
     log.info("stopped serving", extra={"fields": {"name": cfg.name}})
     return server.exit_code

@@ -78,6 +78,7 @@ class Listeners:
         self._https_context: ssl.SSLContext | None = None
         self._metrics_socks: list[tuple[str, list[socket.socket]]] = []
         self._servers: list[asyncio.base_events.Server] = []
+        self._metrics_started = False
 
     def bind(self) -> None:
         """Bind every address now; raises ListenError (one line) and releases what it bound."""
@@ -209,8 +210,33 @@ class Listeners:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
 
+    async def start_metrics(self) -> None:
+        """Serve the --listen-metrics-urls listeners (/metrics, /health, ...), once.
+
+        At once after start-up, before the member is ready, as etcd does: they exist to be
+        asked whether the member is healthy, and a member without a leader answers 503.
+        """
+        if self._metrics_started:
+            return
+        self._metrics_started = True
+        loop = asyncio.get_running_loop()
+        tls = self.server.cfg.client_tls
+        for url, socks in self._metrics_socks:
+            ctx = tls.ssl_server_context() if url.startswith("https://") else None
+            for s in socks:
+                self._servers.append(await loop.create_server(self.metrics_api.protocol, sock=s, ssl=ctx))
+            self.log.info("serving metrics", extra={"fields": {"address": url}})
+
     async def start(self) -> None:
-        """Start serving: gRPC first, so the front never relays to a socket nobody listens on."""
+        """Start serving the client URLs: gRPC first, so the front never relays to a socket nobody
+        listens on (and the metrics listeners, if `start_metrics` has not started them yet).
+
+        The member calls this once it is ready, as etcd serves its client port only then:
+        until that moment the bound sockets hold connecting clients in the kernel's accept
+        queue, so a request sent right after start-up waits for the member instead of failing
+        with "no leader".
+        """
+        await self.start_metrics()
         for g in (self.grpc, self.grpc_tls):
             if g is not None:
                 await g.start()
@@ -225,11 +251,6 @@ class Listeners:
             )
         if self.front is not None:
             await self.front.start()
-        tls = self.server.cfg.client_tls
-        for url, socks in self._metrics_socks:
-            ctx = tls.ssl_server_context() if url.startswith("https://") else None
-            for s in socks:
-                self._servers.append(await loop.create_server(self.metrics_api.protocol, sock=s, ssl=ctx))
         self._log_serving()
 
     def _log_serving(self) -> None:
@@ -249,8 +270,6 @@ class Listeners:
                     }
                 },
             )
-        for url in cfg.listen_metrics_urls:
-            self.log.info("serving metrics", extra={"fields": {"address": url}})
 
     async def stop(self, grace: float | None = 2.0) -> None:
         """Stop accepting, then let in-flight RPCs finish within `grace` seconds."""
