@@ -447,12 +447,12 @@ def parse_args(argv: list[str], environ: dict[str, str] | None = None) -> tuple[
 
 
 async def serve(cfg: ServerConfig, log: logging.Logger) -> int:
-    """Bind the listeners, start the member, serve until SIGTERM/SIGINT, then stop gracefully."""
+    """Bind the listeners, start the member, serve the client URLs once it is ready, until
+    SIGTERM/SIGINT, then stop gracefully."""
+    from etcdpy.api.cmux import front_mode
     from etcdpy.api.grpcserver import ListenError, check_bindable
     from etcdpy.api.listeners import Listeners
     from etcdpy.server.etcdserver import EtcdServer, StartupError
-
-    from etcdpy.api.cmux import front_mode
     from etcdpy.switchinterval import switch_interval_setting, tune_switch_interval
 
     try:  # the environment's settings first: a typo there stops the member before it exists

@@ -9,8 +9,9 @@ cost to the loop thread (the other threads want the GIL only briefly). The gRPC 
 thread, which hands new calls to the loop, waits the same way.
 
 ``ETCDPY_SWITCH_INTERVAL`` overrides it (seconds, e.g. ``0.005``; ``default`` keeps CPython's).
-A value that is neither is refused at start-up, like every other ``ETCDPY_`` setting: a
-typo must not silently leave the member on a setting nobody chose.
+A value that is neither is refused at start-up (one line, exit 1), as a bad
+``ETCDPY_CLIENT_FRONT`` or ``ETCDPY_GRPC_SERVER`` is: a typo must not silently leave the
+member on a setting nobody chose.
 """
 
 from __future__ import annotations

@@ -10,9 +10,11 @@ reports it unhealthy. Both targets, the same assertions.
 
 from __future__ import annotations
 
+import http.client
 import shutil
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -44,7 +46,7 @@ def _put_at_once(m: Member, value: str) -> None:
 
 
 @pytest.fixture
-def member(tmp_path: Path):  # type: ignore[no-untyped-def]
+def member(tmp_path: Path) -> Iterator[Member]:
     m = Member(name="a", base_dir=tmp_path / "a", client=reserve_port(), peer=reserve_port())
     yield m
     m.release()
@@ -82,8 +84,6 @@ def test_a_member_that_is_never_ready_serves_metrics_but_not_clients(tmp_path: P
         _wait_for_port(m)
 
         def unhealthy() -> bool:
-            import http.client
-
             assert m.running(), m.log_tail()
             conn = http.client.HTTPConnection("127.0.0.1", metrics.port, timeout=2)
             try:
