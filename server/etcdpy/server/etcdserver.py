@@ -27,7 +27,7 @@ from etcdpy.metrics import ServerMetrics
 from etcdpy.mvcc import COMPACTION_SLEEP_SECONDS, Backend, CompactionJob, KVStore
 from etcdpy.pb import raft_internal_pb2, rpc_pb2
 from etcdpy.raft import Config as RaftConfig
-from etcdpy.raft import Peer, RawNode
+from etcdpy.raft import Peer, RawNode, Ready
 from etcdpy.raft.errors import ProposalDropped
 from etcdpy.raft.storage import MemoryStorage
 from etcdpy.raft.types import (
@@ -552,10 +552,19 @@ class EtcdServer:
         self.member_id = me.id
         cluster_id = compute_cluster_id([m.id for m in members])
         self.cluster = RaftCluster(cluster_id)
-        wal = WAL.create(cfg.wal_dir, self._wal_metadata(cluster_id))
         storage = MemoryStorage()
         node = RawNode(self._raft_config(storage, 0))
         node.bootstrap([Peer(id=m.id, context=m.to_json()) for m in members])
+        # The bootstrap entries go into the WAL as it is created, not with the first Ready: a
+        # member stopped in between used to restart from a WAL without them, knowing no voter,
+        # and never campaigned. Raft counts them persisted, not applied: the first Ready still
+        # hands the committed conf changes over to be applied.
+        first = node.ready()
+        wal = WAL.create(
+            cfg.wal_dir, self._wal_metadata(cluster_id), initial=(first.hard_state or HardState(), first.entries)
+        )
+        storage.append(first.entries)
+        node.advance(Ready(hard_state=first.hard_state, entries=first.entries))
         self.log.info(
             "bootstrapped new cluster",
             extra={"fields": {"member-id": f"{self.member_id:x}", "cluster-id": f"{cluster_id:x}"}},

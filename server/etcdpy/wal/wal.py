@@ -84,13 +84,23 @@ class WAL:
 
     @classmethod
     def create(
-        cls, dirpath: str, metadata: bytes, *, segment_size: int = SEGMENT_SIZE, preallocate: bool = True
+        cls,
+        dirpath: str,
+        metadata: bytes,
+        *,
+        segment_size: int = SEGMENT_SIZE,
+        preallocate: bool = True,
+        initial: tuple[HardState, Sequence[Entry]] | None = None,
     ) -> WAL:
-        """Create a new WAL holding `metadata`; the result is ready for appends.
+        """Create a new WAL holding `metadata` (and the `initial` entries and hard state, if
+        given); the result is ready for appends.
 
         The first segment is written and fsynced in `<dirpath>.tmp`, which is then
         renamed into place: a crash leaves either no WAL or a complete one, never a
-        directory with a half-written first segment.
+        directory with a half-written first segment. A new member passes its bootstrap
+        entries as `initial`, so that its WAL never exists without them: a WAL holding only
+        the metadata would restart a member that knows no voters, not even itself, and
+        never campaigns.
         """
         if cls.exists(dirpath):
             raise WalExistsError(f"WAL already exists in {dirpath}")
@@ -107,6 +117,11 @@ class WAL:
             crc = rec.append_record(parts, RecordType.CRC, rec.encode_crc(0), 0)
             crc = rec.append_record(parts, RecordType.METADATA, bytes(metadata), crc)
             crc = rec.append_record(parts, RecordType.SNAPSHOT, rec.encode_snapshot(WalSnapshot()), crc)
+            state, entries = initial if initial is not None else (HardState(), ())
+            for entry in entries:
+                crc = rec.append_entry(parts, entry, crc)
+            if not state.is_empty():
+                crc = rec.append_record(parts, RecordType.STATE, rec.encode_state(state), crc)
             data = b"".join(parts)
             write_all(fd, data)
             if preallocate:
@@ -122,6 +137,10 @@ class WAL:
         wal._metadata = bytes(metadata)
         wal._crc = crc
         wal._offset = len(data)
+        if entries:
+            wal._enti = entries[-1].index
+        if not state.is_empty():
+            wal._state = (state.term, state.vote, state.commit)
         wal._read_done = True
         wal._writable = True
         return wal
