@@ -103,18 +103,13 @@ def test_create_refuses_existing_and_accepts_empty_dir(wal_dir: Path) -> None:
 def test_create_with_initial_entries_and_state(wal_dir: Path) -> None:
     """A new member's bootstrap entries are in the WAL from its creation (they share its rename)."""
     boot = [Entry(term=1, index=i, type=EntryType.CONF_CHANGE, data=b"cc%d" % i) for i in (1, 2, 3)]
-    w = WAL.create(str(wal_dir), META, initial=(HardState(term=1, commit=3), boot))
-    assert read_back_after_close(w, wal_dir) == (META, HardState(term=1, commit=3), boot)
+    WAL.create(str(wal_dir), META, initial=(HardState(term=1, commit=3), boot)).close()
+    assert read_back(wal_dir) == (META, HardState(term=1, commit=3), boot)
     # Later saves continue after them.
     w, _, _, _ = reopen(wal_dir)
     w.save(HardState(term=2, vote=1, commit=4), [Entry(term=2, index=4, data=b"x")])
     w.close()
     assert read_back(wal_dir) == (META, HardState(term=2, vote=1, commit=4), [*boot, Entry(term=2, index=4, data=b"x")])
-
-
-def read_back_after_close(w: WAL, d: Path) -> tuple[bytes, HardState, list[Entry]]:
-    w.close()
-    return read_back(d)
 
 
 def test_open_without_segments(tmp_path: Path) -> None:

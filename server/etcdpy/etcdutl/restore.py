@@ -162,18 +162,18 @@ def _build(root: str, cfg: RestoreConfig, info: SnapshotInfo, members: list[Memb
     commit = len(members)
     _restore_backend(os.path.join(snap_dir, "db"), info, commit)
     metadata = json.dumps({"member_id": me.id, "cluster_id": cluster_id}).encode()  # as EtcdServer._wal_metadata
-    wal = WAL.create(os.path.join(member_dir, "wal"), metadata)
+    entries = [
+        Entry(
+            term=RESTORE_TERM,
+            index=i + 1,
+            type=EntryType.CONF_CHANGE,
+            data=marshal_conf_change(ConfChange(type=ConfChangeType.ADD_NODE, node_id=m.id, context=m.to_json())),
+        )
+        for i, m in enumerate(members)
+    ]
+    state = HardState(term=RESTORE_TERM, vote=members[0].id, commit=commit)
+    wal = WAL.create(os.path.join(member_dir, "wal"), metadata, initial=(state, entries))
     try:
-        entries = [
-            Entry(
-                term=RESTORE_TERM,
-                index=i + 1,
-                type=EntryType.CONF_CHANGE,
-                data=marshal_conf_change(ConfChange(type=ConfChangeType.ADD_NODE, node_id=m.id, context=m.to_json())),
-            )
-            for i, m in enumerate(members)
-        ]
-        wal.save(HardState(term=RESTORE_TERM, vote=members[0].id, commit=commit), entries)
         cluster = RaftCluster(cluster_id, [Member(m.id, m.name, list(m.peer_urls)) for m in members])
         meta = SnapshotMetadata(conf_state=ConfState(voters=[m.id for m in members]), index=commit, term=RESTORE_TERM)
         Snapshotter(snap_dir).save_snap(Snapshot(data=cluster.to_json(), metadata=meta))

@@ -117,11 +117,8 @@ class WAL:
             crc = rec.append_record(parts, RecordType.CRC, rec.encode_crc(0), 0)
             crc = rec.append_record(parts, RecordType.METADATA, bytes(metadata), crc)
             crc = rec.append_record(parts, RecordType.SNAPSHOT, rec.encode_snapshot(WalSnapshot()), crc)
-            state, entries = initial if initial is not None else (HardState(), ())
-            for entry in entries:
-                crc = rec.append_entry(parts, entry, crc)
-            if not state.is_empty():
-                crc = rec.append_record(parts, RecordType.STATE, rec.encode_state(state), crc)
+            state, entries = initial if initial is not None else (None, ())
+            crc, new_state = _encode_batch(parts, crc, entries, state, (0, 0, 0))
             data = b"".join(parts)
             write_all(fd, data)
             if preallocate:
@@ -139,8 +136,8 @@ class WAL:
         wal._offset = len(data)
         if entries:
             wal._enti = entries[-1].index
-        if not state.is_empty():
-            wal._state = (state.term, state.vote, state.commit)
+        if new_state is not None:
+            wal._state = new_state
         wal._read_done = True
         wal._writable = True
         return wal
@@ -238,15 +235,7 @@ class WAL:
         with self._lock:
             self._check_writable()
             parts: list[bytes] = []
-            crc = self._crc
-            for entry in entries:
-                crc = rec.append_entry(parts, entry, crc)
-            new_state = None
-            if hard_state is not None and not hard_state.is_empty():
-                state = (hard_state.term, hard_state.vote, hard_state.commit)
-                if state != self._state:
-                    crc = rec.append_record(parts, RecordType.STATE, rec.encode_state(hard_state), crc)
-                    new_state = state
+            crc, new_state = _encode_batch(parts, self._crc, entries, hard_state, self._state)
             if not parts:
                 return
             self._append(b"".join(parts), crc)
@@ -418,6 +407,25 @@ class WAL:
         self._segments.append(new)
         self._crc = crc
         self._offset = len(data)
+
+
+def _encode_batch(
+    parts: list[bytes],
+    crc: int,
+    entries: Sequence[Entry],
+    hard_state: HardState | None,
+    written: tuple[int, int, int],
+) -> tuple[int, tuple[int, int, int] | None]:
+    """Append the records of `entries`, then of `hard_state` unless it is empty or equals the
+    `written` one, to `parts`; returns the new CRC and the state written (None if none was)."""
+    for entry in entries:
+        crc = rec.append_entry(parts, entry, crc)
+    if hard_state is None or hard_state.is_empty():
+        return crc, None
+    state = (hard_state.term, hard_state.vote, hard_state.commit)
+    if state == written:
+        return crc, None
+    return rec.append_record(parts, RecordType.STATE, rec.encode_state(hard_state), crc), state
 
 
 class _Replay:
