@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 from etcdpy import ETCD_VERSION, __version__
@@ -452,12 +452,14 @@ async def serve(cfg: ServerConfig, log: logging.Logger) -> int:
     from etcdpy.api.cmux import front_mode
     from etcdpy.api.grpcserver import ListenError, check_bindable
     from etcdpy.api.listeners import Listeners
+    from etcdpy.gctuning import gc_setting, tune_after_startup
     from etcdpy.server.etcdserver import EtcdServer, StartupError
     from etcdpy.switchinterval import switch_interval_setting, tune_switch_interval
 
     try:  # the environment's settings first: a typo there stops the member before it exists
         mode = front_mode()
         switch_interval = switch_interval_setting()
+        gc_mode = gc_setting()
     except ValueError as e:
         sys.stderr.write(f"etcdpy: {e}\n")
         return 1
@@ -493,9 +495,7 @@ async def serve(cfg: ServerConfig, log: logging.Logger) -> int:
     if ready_task.done() and not stop_task.done() and not done_task.done():
         await listeners.start()
         log.info("ready to serve client requests", extra={"fields": {"name": cfg.name}})
-        from etcdpy.gctuning import tune_after_startup
-
-        tune_after_startup()
+        tune_after_startup(gc_mode)
         tune_switch_interval(switch_interval)
         await asyncio.wait([stop_task, done_task], return_when=asyncio.FIRST_COMPLETED)
     log.info("received signal; shutting down", extra={"fields": {"name": cfg.name}})
@@ -507,13 +507,27 @@ async def serve(cfg: ServerConfig, log: logging.Logger) -> int:
     return server.exit_code
 
 
-def _install_event_loop_policy() -> None:
+ENV_EVENT_LOOP = "ETCDPY_EVENT_LOOP"
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def event_loop_setting(environ: Mapping[str, str] | None = None) -> str:
+    """$ETCDPY_EVENT_LOOP as one of `EVENT_LOOPS` (unset is ``uvloop``); raises ValueError, with
+    the line the member exits with, for anything else (as for every ``ETCDPY_`` setting)."""
+    env = os.environ if environ is None else environ
+    value = env.get(ENV_EVENT_LOOP, "").strip().lower() or "uvloop"
+    if value not in EVENT_LOOPS:
+        raise ValueError(f"{ENV_EVENT_LOOP} must be one of {', '.join(EVENT_LOOPS)}, got {value!r}")
+    return value
+
+
+def _install_event_loop_policy(choice: str) -> None:
     """uvloop when installed: the loop runs every gRPC completion, and uvloop's is cheaper per wake-up.
 
     Installed as the policy (not just a loop factory) because gRPC's asyncio layer asks the
     policy for the loop. ETCDPY_EVENT_LOOP=asyncio keeps the standard loop (comparisons, debugging).
     """
-    if os.environ.get("ETCDPY_EVENT_LOOP", "uvloop") == "asyncio":
+    if choice == "asyncio":
         return
     try:
         import uvloop
@@ -553,6 +567,11 @@ def main(argv: list[str] | None = None) -> int:
         return etcdutl_main(argv[1:])
     cfg, notes = parse_args(argv)
     try:
+        event_loop = event_loop_setting()
+    except ValueError as e:
+        sys.stderr.write(f"etcdpy: {e}\n")
+        return 1
+    try:
         log = setup_logging(cfg.log_level, cfg.log_outputs)
     except OSError as e:
         sys.stderr.write(f"etcdpy: cannot open log output: {e}\n")
@@ -562,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("starting etcdpy", extra={"fields": {"etcdpy-version": __version__, "etcd-api-version": ETCD_VERSION,
                                                   "name": cfg.name, "data-dir": cfg.data_dir}})
     try:
-        _install_event_loop_policy()
+        _install_event_loop_policy(event_loop)
         return asyncio.run(serve(cfg, log))
     except KeyboardInterrupt:
         return 0

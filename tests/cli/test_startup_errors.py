@@ -163,6 +163,8 @@ def test_stale_lock_of_a_dead_process_is_no_obstacle(tmp_path: Path) -> None:
         ({"ETCDPY_CLIENT_FRONT": "bogus"}, "ETCDPY_CLIENT_FRONT must be one of inproc, process, off, got 'bogus'"),
         ({"ETCDPY_STREAM_SERVER": "x"}, "ETCDPY_STREAM_SERVER must be one of h2, grpcio, got 'x'"),
         ({"ETCDPY_GRPC_SERVER": "fast"}, "--experimental-grpc-server must be one of grpcio, native, got 'fast'"),
+        ({"ETCDPY_GC": "off"}, "ETCDPY_GC must be one of tuned, default, got 'off'"),
+        ({"ETCDPY_EVENT_LOOP": "trio"}, "ETCDPY_EVENT_LOOP must be one of uvloop, asyncio, got 'trio'"),
     ],
 )
 def test_a_bad_environment_setting(tmp_path: Path, env: dict[str, str], needle: str) -> None:
