@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from etcdpy import errors
+from etcdpy.auth import AuthInfo
 from etcdpy.config import ServerConfig
 from etcdpy.pb import raft_internal_pb2, rpc_pb2
 from etcdpy.server.etcdserver import EtcdServer
@@ -339,3 +340,76 @@ def test_members_draw_their_own_election_timeouts(tmp_path: Path) -> None:
         rand = server._raft_config(MemoryStorage(), 0).rand
         draws.append([rand.randrange(10) for _ in range(30)])
     assert draws[0] != draws[1]  # equal by chance with probability 10**-30
+
+
+def _logged(s: EtcdServer) -> raft_internal_pb2.InternalRaftRequest:
+    """The newest entry of the member's raft log, decoded."""
+    assert s.raft is not None
+    storage = s.raft.storage
+    last = storage.last_index()
+    return raft_internal_pb2.InternalRaftRequest.FromString(storage.entries(last, last + 1)[0].data)
+
+
+def test_writes_given_their_received_bytes_log_those_bytes(tmp_path: Path) -> None:
+    """Put, DeleteRange and Txn with `wire`: the entry holds the client's bytes (an unknown
+    field the client sent stays in it), the id and caller are in its header, and the
+    answers are those of the same requests without `wire`."""
+
+    async def run() -> None:
+        s = await _started(_cfg(tmp_path))
+        try:
+            put = rpc_pb2.PutRequest(key=b"a", value=b"1")
+            unknown = b"\xf8\x3f\x01"  # field 1023, varint 1: no such field in PutRequest
+            resp = await s.put(put, None, put.SerializeToString() + unknown)
+            assert resp.header.revision == 2
+            logged = _logged(s)
+            assert logged.put.SerializeToString() == put.SerializeToString() + unknown
+            assert logged.header.ID != 0 and logged.header.username == ""
+
+            txn = rpc_pb2.TxnRequest(
+                compare=[rpc_pb2.Compare(key=b"a", target=rpc_pb2.Compare.MOD, mod_revision=2)],
+                success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"b", value=b"2"))],
+            )
+            answer = await s.txn(txn, AuthInfo("alice", 7), False, txn.SerializeToString())
+            assert answer.succeeded and answer.header.revision == 3
+            logged = _logged(s)
+            assert logged.txn == txn
+            assert (logged.header.username, logged.header.auth_revision) == ("alice", 7)
+
+            dr = rpc_pb2.DeleteRangeRequest(key=b"a", range_end=b"c")
+            assert (await s.delete_range(dr, None, dr.SerializeToString())).deleted == 2
+            assert _logged(s).delete_range == dr
+        finally:
+            await s.stop()
+
+    asyncio.run(run())
+
+
+def test_received_bytes_obey_the_request_size_limit(tmp_path: Path) -> None:
+    async def run() -> None:
+        s = await _started(_cfg(tmp_path, max_request_bytes=1024))
+        try:
+            big = rpc_pb2.PutRequest(key=b"k", value=b"x" * 2000)
+            with pytest.raises(errors.ErrRequestTooLarge):
+                s.put(big, None, big.SerializeToString())
+            assert len(s.wait) == 0
+        finally:
+            await s.stop()
+
+    asyncio.run(run())
+
+
+def test_near_the_quota_a_write_with_its_bytes_is_judged_by_its_cost(tmp_path: Path) -> None:
+    """Close to --quota-backend-bytes the quota has to look at the request: the write takes
+    the way that builds it, and one that does not fit gets etcd's NOSPACE."""
+
+    async def run() -> None:
+        s = await _started(_cfg(tmp_path, quota_backend_bytes=1))
+        try:
+            put = rpc_pb2.PutRequest(key=b"k", value=b"v")
+            with pytest.raises(errors.ErrGRPCNoSpace):
+                await s.put(put, None, put.SerializeToString())
+        finally:
+            await s.stop()
+
+    asyncio.run(run())

@@ -53,7 +53,8 @@ class KVService(rpc_pb2_grpc.KVServicer):
         return self._as_caller(context, lambda auth: self.server.range_wire(request, auth))
 
     def add_to_server(self, g: grpc.aio.Server) -> None:
-        """Register like the generated `add_KVServicer_to_server`, but Range sends pre-encoded bytes."""
+        """Register like the generated `add_KVServicer_to_server`, but Range sends pre-encoded bytes
+        and the writes keep the bytes their requests arrived as."""
         handlers = {
             "Range": grpc.unary_unary_rpc_method_handler(
                 self.RangeEncoded,
@@ -61,18 +62,18 @@ class KVService(rpc_pb2_grpc.KVServicer):
                 response_serializer=_passthrough,
             ),
             "Put": grpc.unary_unary_rpc_method_handler(
-                self.Put,
-                request_deserializer=rpc_pb2.PutRequest.FromString,
+                self.PutReceived,
+                request_deserializer=_keeping_wire(rpc_pb2.PutRequest.FromString),
                 response_serializer=rpc_pb2.PutResponse.SerializeToString,
             ),
             "DeleteRange": grpc.unary_unary_rpc_method_handler(
-                self.DeleteRange,
-                request_deserializer=rpc_pb2.DeleteRangeRequest.FromString,
+                self.DeleteRangeReceived,
+                request_deserializer=_keeping_wire(rpc_pb2.DeleteRangeRequest.FromString),
                 response_serializer=rpc_pb2.DeleteRangeResponse.SerializeToString,
             ),
             "Txn": grpc.unary_unary_rpc_method_handler(
-                self.Txn,
-                request_deserializer=rpc_pb2.TxnRequest.FromString,
+                self.TxnReceived,
+                request_deserializer=_keeping_wire(rpc_pb2.TxnRequest.FromString),
                 response_serializer=rpc_pb2.TxnResponse.SerializeToString,
             ),
             "Compact": grpc.unary_unary_rpc_method_handler(
@@ -85,28 +86,74 @@ class KVService(rpc_pb2_grpc.KVServicer):
         g.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("etcdserverpb.KV", handlers),))
         g.add_registered_method_handlers("etcdserverpb.KV", handlers)
 
+    # The writes: the gRPC servers run the `...Received` handlers (see `add_to_server`), whose
+    # request comes with the bytes it arrived as; the server logs those bytes as they are
+    # (`EtcdServer.put`'s `wire`). The plain ones serve callers holding only the message.
+
     @rpc
     def Put(self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext) -> Awaitable[rpc_pb2.PutResponse]:
+        return self._put(request, None, context)
+
+    @rpc
+    def PutReceived(
+        self, received: tuple[rpc_pb2.PutRequest, bytes], context: grpc.aio.ServicerContext
+    ) -> Awaitable[rpc_pb2.PutResponse]:
+        return self._put(*received, context)
+
+    def _put(
+        self, request: rpc_pb2.PutRequest, wire: bytes | None, context: grpc.aio.ServicerContext
+    ) -> Awaitable[rpc_pb2.PutResponse]:
         validate.check_put_request(request)
-        return self._as_caller(context, lambda auth: self.server.put(request, auth))
+        return self._as_caller(context, lambda auth: self.server.put(request, auth, wire))
 
     @rpc
     def DeleteRange(
         self, request: rpc_pb2.DeleteRangeRequest, context: grpc.aio.ServicerContext
     ) -> Awaitable[rpc_pb2.DeleteRangeResponse]:
+        return self._delete_range(request, None, context)
+
+    @rpc
+    def DeleteRangeReceived(
+        self, received: tuple[rpc_pb2.DeleteRangeRequest, bytes], context: grpc.aio.ServicerContext
+    ) -> Awaitable[rpc_pb2.DeleteRangeResponse]:
+        return self._delete_range(*received, context)
+
+    def _delete_range(
+        self, request: rpc_pb2.DeleteRangeRequest, wire: bytes | None, context: grpc.aio.ServicerContext
+    ) -> Awaitable[rpc_pb2.DeleteRangeResponse]:
         validate.check_delete_request(request)
-        return self._as_caller(context, lambda auth: self.server.delete_range(request, auth))
+        return self._as_caller(context, lambda auth: self.server.delete_range(request, auth, wire))
 
     @rpc
     def Txn(self, request: rpc_pb2.TxnRequest, context: grpc.aio.ServicerContext) -> Awaitable[rpc_pb2.TxnResponse]:
+        return self._txn(request, None, context)
+
+    @rpc
+    def TxnReceived(
+        self, received: tuple[rpc_pb2.TxnRequest, bytes], context: grpc.aio.ServicerContext
+    ) -> Awaitable[rpc_pb2.TxnResponse]:
+        return self._txn(*received, context)
+
+    def _txn(
+        self, request: rpc_pb2.TxnRequest, wire: bytes | None, context: grpc.aio.ServicerContext
+    ) -> Awaitable[rpc_pb2.TxnResponse]:
         read_only = validate.check_txn_request(request, self.server.cfg.max_txn_ops)
-        return self._as_caller(context, lambda auth: self.server.txn(request, auth, read_only))
+        return self._as_caller(context, lambda auth: self.server.txn(request, auth, read_only, wire))
 
     @rpc
     async def Compact(
         self, request: rpc_pb2.CompactionRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.CompactionResponse:
         return await self._as_caller(context, lambda auth: self.server.compact(request, auth))
+
+
+def _keeping_wire(decode: Callable[[bytes], T]) -> Callable[[bytes], tuple[T, bytes]]:
+    """A deserializer giving the decoded request together with its bytes."""
+
+    def decode_keeping_wire(data: bytes) -> tuple[T, bytes]:
+        return decode(data), data
+
+    return decode_keeping_wire
 
 
 def _passthrough(resp: bytes | rpc_pb2.RangeResponse) -> bytes:

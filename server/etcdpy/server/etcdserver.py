@@ -66,6 +66,7 @@ from etcdpy.server.membership import (
     compute_cluster_id,
     members_from_initial_cluster,
 )
+from etcdpy.server import rawrequest
 from etcdpy.server.raftnode import RaftNode
 from etcdpy.server.wait import Wait, WaitTime
 from etcdpy.snap import Snapshotter
@@ -115,6 +116,7 @@ class EtcdServer:
         self.maintenance: MaintenanceOps | None = None  # alarms, quota, auto-compaction, snapshots
         self.raft: RaftNode | None = None
         self._idgen: IdGenerator | None = None
+        self._header = rawrequest.HeaderEncoder()
         self._tasks: list[asyncio.Task[None]] = []
         self._read_waiters: list[asyncio.Future[None]] | None = None
         self._read_signal = asyncio.Event()
@@ -670,6 +672,28 @@ class EtcdServer:
             return self._process_after_quota_check(m, req, auth, answer)
         return self._propose(req, auth, answer)
 
+    def _process_wire(self, tag: bytes, wire: bytes, auth: AuthInfo | None) -> Proposal | None:
+        """`_process` of a KV write from its request's own encoding (`wire`, which the caller
+        has decoded and checked), logged as field `tag` of the entry without re-encoding it
+        (`etcdpy.server.rawrequest`); answers as `_process(..., answer=True)` does.
+
+        None when the quota has to look at the request itself (close to the quota): the
+        caller then goes the way that builds the request.
+        """
+        if self._stopped:
+            raise errors.ErrStopped()
+        m = self.maintenance
+        if m is not None and not m.quota_fits_any():
+            return None
+        self._check_apply_gap()
+        assert self._idgen is not None
+        req_id = self._idgen.next()
+        if auth is None:
+            header = self._header.encode(req_id)
+        else:
+            header = rawrequest.header_with_caller(req_id, auth.username, auth.revision)
+        return self._propose_encoded(req_id, rawrequest.frame(tag, wire, header), answer=True)
+
     async def _process_after_quota_check(
         self, m: MaintenanceOps, req: raft_internal_pb2.InternalRaftRequest, auth: AuthInfo | None, answer: bool
     ) -> Any:
@@ -681,16 +705,23 @@ class EtcdServer:
         self, req: raft_internal_pb2.InternalRaftRequest, auth: AuthInfo | None, answer: bool = False
     ) -> Proposal:
         """Stamp the request's id (and caller), encode it, register and propose it."""
-        p = self.progress
-        if p.committed_index > p.applied_index + MAX_GAP_BETWEEN_APPLY_AND_COMMIT:
-            raise errors.ErrTooManyRequests()
-        assert self._idgen is not None and self.raft is not None
+        self._check_apply_gap()
+        assert self._idgen is not None
         req_id = self._idgen.next()
         req.header.ID = req_id
         if auth is not None:
             req.header.username = auth.username
             req.header.auth_revision = auth.revision
-        data = req.SerializeToString()
+        return self._propose_encoded(req_id, req.SerializeToString(), answer)
+
+    def _check_apply_gap(self) -> None:
+        """etcd's first check of a proposal: refuse while the apply step is too far behind the log."""
+        p = self.progress
+        if p.committed_index > p.applied_index + MAX_GAP_BETWEEN_APPLY_AND_COMMIT:
+            raise errors.ErrTooManyRequests()
+
+    def _propose_encoded(self, req_id: int, data: bytes, answer: bool) -> Proposal:
+        """Propose the encoded entry of request `req_id` unless it is over --max-request-bytes."""
         if len(data) > self.cfg.max_request_bytes:
             raise errors.ErrRequestTooLarge()
         return self._register_and_propose(req_id, data, answer)
@@ -791,18 +822,32 @@ class EtcdServer:
             result = answer(backend.in_thread)
             return result if isinstance(result, bytes) else await result
 
-    def put(self, req: rpc_pb2.PutRequest, auth: AuthInfo | None = None) -> Awaitable[rpc_pb2.PutResponse]:
-        """A Put through the log; awaiting it gives the answer (a plain function, see `_process`)."""
+    def put(
+        self, req: rpc_pb2.PutRequest, auth: AuthInfo | None = None, wire: bytes | None = None
+    ) -> Awaitable[rpc_pb2.PutResponse]:
+        """A Put through the log; awaiting it gives the answer (a plain function, see `_process`).
+
+        `wire` is `req`'s encoding as received, when the caller has it: the entry is then
+        made from it (`_process_wire`). The same holds for `delete_range` and `txn`.
+        """
+        if wire is not None and (p := self._process_wire(rawrequest.PUT, wire, auth)) is not None:
+            return p
         return self._process(raft_internal_pb2.InternalRaftRequest(put=req), auth, answer=True)
 
     def delete_range(
-        self, req: rpc_pb2.DeleteRangeRequest, auth: AuthInfo | None = None
+        self, req: rpc_pb2.DeleteRangeRequest, auth: AuthInfo | None = None, wire: bytes | None = None
     ) -> Awaitable[rpc_pb2.DeleteRangeResponse]:
         """A DeleteRange through the log; awaiting it gives the answer."""
+        if wire is not None and (p := self._process_wire(rawrequest.DELETE_RANGE, wire, auth)) is not None:
+            return p
         return self._process(raft_internal_pb2.InternalRaftRequest(delete_range=req), auth, answer=True)
 
     def txn(
-        self, req: rpc_pb2.TxnRequest, auth: AuthInfo | None = None, read_only: bool | None = None
+        self,
+        req: rpc_pb2.TxnRequest,
+        auth: AuthInfo | None = None,
+        read_only: bool | None = None,
+        wire: bytes | None = None,
     ) -> Awaitable[rpc_pb2.TxnResponse]:
         """A Txn; awaiting it gives the answer. `read_only` is etcd's isTxnReadonly of `req` when the
         caller already knows it (`etcdpy.api.validate.check_txn_request` answers it).
@@ -812,6 +857,8 @@ class EtcdServer:
         """
         if is_txn_read_only(req) if read_only is None else read_only:
             return self._txn_read_only(req, auth)
+        if wire is not None and (p := self._process_wire(rawrequest.TXN, wire, auth)) is not None:
+            return p
         return self._process(raft_internal_pb2.InternalRaftRequest(txn=req), auth, answer=True)
 
     async def _txn_read_only(self, req: rpc_pb2.TxnRequest, auth: AuthInfo | None) -> rpc_pb2.TxnResponse:

@@ -136,6 +136,10 @@ class MaintenanceOps:
         """The common case without a coroutine: True when `req` certainly fits the quota."""
         return self.quota is None or not is_charged(req) or self.quota.available(req)
 
+    def quota_fits_any(self) -> bool:
+        """True when any write at all certainly fits the quota (`quota_allows` without a request)."""
+        return self.quota is None or self.quota.fits_any()
+
     async def check_quota(self, req: raft_internal_pb2.InternalRaftRequest) -> None:
         """etcd's quotaAlarmer.check: refuse a write that does not fit, raising NOSPACE through the log."""
         if self.quota is None or not is_charged(req) or self.quota.available(req):

@@ -128,8 +128,16 @@ class BackendQuota:
         The apply step's usual answer to `available(req, measure=False)`, without looking at
         the request: its per-entry question is then one comparison.
         """
+        return self._measured_at is not None and self._fits_any_at(self._size)
+
+    def fits_any(self) -> bool:
+        """Whether any request at all fits, measuring the size when due: `available`'s first
+        answer, for a caller that has not built the request (`etcdpy.server.rawrequest`)."""
+        return self._fits_any_at(self.size())
+
+    def _fits_any_at(self, size: int) -> bool:
         bound = self._any_request_cost
-        return self._measured_at is not None and bound is not None and self._size + bound < self.max_bytes
+        return bound is not None and size + bound < self.max_bytes
 
     def available(self, req: raft_internal_pb2.InternalRaftRequest, measure: bool = True) -> bool:
         """etcd's Available: free requests always pass; others need size + cost < quota.
@@ -140,8 +148,7 @@ class BackendQuota:
         Measuring again in between would make that common here (the size is a directory walk).
         """
         size = self.size() if measure or self._measured_at is None else self._size
-        bound = self._any_request_cost
-        if bound is not None and size + bound < self.max_bytes:
+        if self._fits_any_at(size):
             return True  # far enough below the quota for the largest request there can be
         if size + COST_BOUND_PER_BYTE * req.ByteSize() < self.max_bytes:
             return True  # whatever it costs, it fits (the usual case: far below the quota)
