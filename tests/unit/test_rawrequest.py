@@ -7,6 +7,7 @@ import random
 import pytest
 
 from etcdpy.pb import raft_internal_pb2, rpc_pb2
+from etcdpy.pb.wire import uvarint
 from etcdpy.server import rawrequest
 from etcdpy.server.idutil import IdGenerator
 
@@ -64,5 +65,6 @@ def test_header_encoder_follows_consecutive_ids_across_its_cache() -> None:
 
 @pytest.mark.parametrize("n", [0, 1, 127, 128, 300, 16383, 16384, 1 << 21, 1 << 40])
 def test_varint(n: int) -> None:
+    """The varint the frame's lengths and the header use (`etcdpy.pb.wire.uvarint`)."""
     header = raft_internal_pb2.RequestHeader(auth_revision=n).SerializeToString()
-    assert header == (b"\x18" + rawrequest.varint(n) if n else b"")
+    assert header == (b"\x18" + uvarint(n) if n else b"")

@@ -17,44 +17,26 @@ and the result equals the message built field by field (checked in the tests).
 from __future__ import annotations
 
 from etcdpy.pb import raft_internal_pb2
+from etcdpy.pb.wire import uvarint
 
 _IRR = raft_internal_pb2.InternalRaftRequest.DESCRIPTOR.fields_by_name
 
 
-def varint(n: int) -> bytes:
-    """`n` (>= 0) as a protobuf base-128 varint."""
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _tag(field: str) -> bytes:
     """The key of a length-delimited field of InternalRaftRequest."""
-    return varint(_IRR[field].number << 3 | 2)
+    return uvarint(_IRR[field].number << 3 | 2)
 
 
 PUT = _tag("put")
 DELETE_RANGE = _tag("delete_range")
 TXN = _tag("txn")
 _HEADER = _tag("header")
-_ID = varint(raft_internal_pb2.RequestHeader.DESCRIPTOR.fields_by_name["ID"].number << 3)
+_ID = uvarint(raft_internal_pb2.RequestHeader.DESCRIPTOR.fields_by_name["ID"].number << 3)
 
 
 def frame(tag: bytes, wire: bytes, header: bytes) -> bytes:
     """The entry: the request's own bytes as field `tag`, and the encoded RequestHeader."""
-    return b"".join((tag, _length(len(wire)), wire, _HEADER, _length(len(header)), header))
-
-
-def _length(n: int) -> bytes:
-    """`varint(n)`, without its loop for the one- and two-byte lengths of nearly every request."""
-    if n < 0x80:
-        return bytes((n,))
-    if n < 0x4000:
-        return bytes(((n & 0x7F) | 0x80, n >> 7))
-    return varint(n)
+    return b"".join((tag, uvarint(len(wire)), wire, _HEADER, uvarint(len(header)), header))
 
 
 class HeaderEncoder:
@@ -72,7 +54,7 @@ class HeaderEncoder:
         high = req_id >> 7
         if high != self._high:
             self._high = high
-            self._rest = varint(high) if high else b""
+            self._rest = uvarint(high) if high else b""
         if not high:
             return _ID + bytes((req_id,)) if req_id else b""  # proto3 leaves a zero out
         return _ID + bytes(((req_id & 0x7F) | 0x80,)) + self._rest
